@@ -1,0 +1,120 @@
+"""The one home of every default: export settings baked into graphs and runtime options.
+
+The reference implementations disagree with themselves (100 vs 20 Sinkhorn iterations, -1 vs
+1024 max keypoints); each value is fixed here once, recorded in the graph's metadata at export,
+and read back by the runtime. The CLI reads these dataclasses, it never retypes a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class SuperPointSettings:
+    """Detector settings baked into the SuperPoint graph (values of the method, DESIGN.md)."""
+
+    nms_radius: int = 4
+    keypoint_threshold: float = 0.005
+    remove_borders: int = 4
+    max_keypoints: int = 1024
+
+
+@dataclass(frozen=True)
+class SuperGlueSettings:
+    """Matcher settings baked into the SuperGlue graph (Sarlin et al. 2020; the method's values)."""
+
+    sinkhorn_iterations: int = 100
+    match_threshold: float = 0.2
+    descriptor_dim: int = 256
+    keypoint_encoder: tuple[int, ...] = (32, 64, 128, 256)
+    gnn_layer_pairs: int = 9  # each pair is one self- and one cross-attention layer
+    num_heads: int = 4
+
+
+class PreprocessMode(str, Enum):
+    """How an image becomes the network's grey input.
+
+    ``grey``: luminance conversion, as in the paper. ``clahe``: CLAHE on the green channel of a
+    colour image (where vessels have most contrast) or on the single channel of a grey image;
+    DESIGN.md measured it to lift registration on fundus photographs.
+    """
+
+    GREY = "grey"
+    CLAHE = "clahe"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: tuple[int, int] = (1024, 1024)  # (width, height) the network sees; multiples of 8
+    mode: PreprocessMode = PreprocessMode.CLAHE
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: tuple[int, int] = (8, 8)
+
+
+class TransformModel(str, Enum):
+    """The transform fitted between the two images (degrees of freedom in brackets)."""
+
+    AFFINE = "affine"  # (6) the method's
+    SIMILARITY = "similarity"  # (4) rotation, isotropic scale, shift
+    HOMOGRAPHY = "homography"  # (8)
+
+
+#: Side length, in pixels, of the frame in which pixel thresholds and errors are stated:
+#: the method's network resolution. A threshold of 4 px means 4 px of a 1024-px-wide image.
+REFERENCE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class RansacConfig:
+    model: TransformModel = TransformModel.AFFINE
+    threshold: float = 4.0  # inlier reprojection error, px at REFERENCE_SIZE
+    confidence: float = 0.999  # adaptive stop: chance of having drawn one all-inlier sample
+    max_iterations: int = 10_000
+    batch_size: int = 256  # hypotheses scored together
+    min_inliers: int = 10
+
+
+@dataclass(frozen=True)
+class PlausibilityConfig:
+    """Bounds on a transform between two photographs of one eye.
+
+    Checked on the linear part of the transform expressed between images both scaled to
+    REFERENCE_SIZE on their longer side, so that differing camera resolutions do not count.
+    """
+
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    max_anisotropy: float = 1.5  # ratio of the linear part's singular values (shear, squash)
+    max_perspective: float = 0.5  # |h31|, |h32| * REFERENCE_SIZE, homography only
+
+
+class MatcherName(str, Enum):
+    MNN = "mnn"  # mutual nearest neighbour on descriptors, in NumPy
+    SUPERGLUE = "superglue"
+
+
+@dataclass(frozen=True)
+class MnnConfig:
+    #: Minimum cosine similarity of a mutual nearest-neighbour pair; SuperPoint descriptors of
+    #: unrelated points rarely exceed it.
+    min_similarity: float = 0.7
+
+
+class Device(str, Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    matcher: MatcherName = MatcherName.MNN
+    device: Device = Device.CPU
+    allow_cpu_fallback: bool = False
+    threads: int | None = None  # None: onnxruntime's default
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    ransac: RansacConfig = field(default_factory=RansacConfig)
+    plausibility: PlausibilityConfig = field(default_factory=PlausibilityConfig)
+    mnn: MnnConfig = field(default_factory=MnnConfig)
+    seed: int = 0

@@ -1,0 +1,216 @@
+"""The contract between the exporters (``export/``) and the runtime (``ophreg_rt``).
+
+This is the one home of the graphs' input/output names, dtypes, layouts, symbolic dimension
+names and ``ophreg.*`` metadata keys. Both sides import it; it must never import torch or onnx.
+
+Variable keypoint counts cross the SuperPoint graph boundary as a fixed ``max_keypoints`` slots
+per image with a boolean ``mask`` (see DESIGN.md, "Keypoint padding"):
+
+* slots are sorted by score, best first, so the valid slots of an image are its first
+  ``mask.sum()`` slots;
+* padded slots have ``mask`` False, keypoint ``(-1, -1)``, score 0 and an all-zero descriptor;
+* the SuperGlue graph takes the masks as inputs and never matches a padded slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import ContractMismatchError
+
+#: Bumped whenever a name, dtype, layout or the meaning of a metadata key changes.
+CONTRACT_VERSION = "1"
+
+#: ONNX opset of every exported graph. 16 is the first with GridSample (descriptor sampling);
+#: 17 is the newest the legacy and dynamo exporters both handle without contrib ops.
+OPSET = 17
+
+DESCRIPTOR_DIM = 256
+
+#: SuperPoint's cell size: the network sees height and width as multiples of it.
+CELL = 8
+
+METADATA_PREFIX = "ophreg."
+
+# Symbolic (dynamic) dimension names.
+BATCH = "batch"
+HEIGHT = "height"
+WIDTH = "width"
+NUM_KEYPOINTS0 = "num_keypoints0"
+NUM_KEYPOINTS1 = "num_keypoints1"
+#: Not dynamic: the SuperPoint graph's keypoint axis is fixed at export to the value of the
+#: ``ophreg.max_keypoints`` metadata key. Specs use this label for that axis.
+MAX_KEYPOINTS = "max_keypoints"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    ``shape`` holds ints for fixed axes and the symbolic names above for dynamic ones.
+    """
+
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]
+    doc: str
+
+
+class SuperPointIO:
+    """Names of the SuperPoint graph's tensors."""
+
+    IMAGE = "image"
+    KEYPOINTS = "keypoints"
+    SCORES = "scores"
+    DESCRIPTORS = "descriptors"
+    MASK = "mask"
+
+
+SUPERPOINT_INPUTS = (
+    TensorSpec(SuperPointIO.IMAGE, "float32", (BATCH, 1, HEIGHT, WIDTH),
+               "grey image in [0, 1]; height and width multiples of 8"),
+)
+SUPERPOINT_OUTPUTS = (
+    TensorSpec(SuperPointIO.KEYPOINTS, "float32", (BATCH, MAX_KEYPOINTS, 2),
+               "(x, y) in pixels of the image the network saw, pixel centres at integers; "
+               "(-1, -1) in padded slots"),
+    TensorSpec(SuperPointIO.SCORES, "float32", (BATCH, MAX_KEYPOINTS),
+               "detector score, descending along the slot axis; 0 in padded slots"),
+    TensorSpec(SuperPointIO.DESCRIPTORS, "float32", (BATCH, MAX_KEYPOINTS, DESCRIPTOR_DIM),
+               "L2-normalised descriptors; zeros in padded slots"),
+    TensorSpec(SuperPointIO.MASK, "bool", (BATCH, MAX_KEYPOINTS), "True for a real keypoint"),
+)
+
+
+class SuperGlueIO:
+    """Names of the SuperGlue graph's tensors; ``0`` is the fixed image, ``1`` the moving one."""
+
+    KEYPOINTS = ("keypoints0", "keypoints1")
+    SCORES = ("scores0", "scores1")
+    DESCRIPTORS = ("descriptors0", "descriptors1")
+    MASK = ("mask0", "mask1")
+    IMAGE_SIZE = ("image_size0", "image_size1")
+    MATCHES = ("matches0", "matches1")
+    MATCHING_SCORES = ("matching_scores0", "matching_scores1")
+    LOG_ASSIGNMENT = "log_assignment"
+
+
+def _superglue_inputs() -> tuple[TensorSpec, ...]:
+    specs = []
+    for i, n in enumerate((NUM_KEYPOINTS0, NUM_KEYPOINTS1)):
+        specs += [
+            TensorSpec(SuperGlueIO.KEYPOINTS[i], "float32", (BATCH, n, 2),
+                       "(x, y) pixels of the image the detector saw"),
+            TensorSpec(SuperGlueIO.SCORES[i], "float32", (BATCH, n), "detector scores"),
+            TensorSpec(SuperGlueIO.DESCRIPTORS[i], "float32", (BATCH, n, DESCRIPTOR_DIM),
+                       "descriptors"),
+            TensorSpec(SuperGlueIO.MASK[i], "bool", (BATCH, n),
+                       "True for a real keypoint; False slots are never matched"),
+            TensorSpec(SuperGlueIO.IMAGE_SIZE[i], "float32", (BATCH, 2),
+                       "(width, height) of the image the detector saw, for keypoint normalisation"),
+        ]
+    return tuple(specs)
+
+
+SUPERGLUE_INPUTS = _superglue_inputs()
+SUPERGLUE_OUTPUTS = (
+    TensorSpec(SuperGlueIO.MATCHES[0], "int64", (BATCH, NUM_KEYPOINTS0),
+               "index into keypoints1 of each keypoint of image 0, -1 when unmatched"),
+    TensorSpec(SuperGlueIO.MATCHES[1], "int64", (BATCH, NUM_KEYPOINTS1),
+               "index into keypoints0 of each keypoint of image 1, -1 when unmatched"),
+    TensorSpec(SuperGlueIO.MATCHING_SCORES[0], "float32", (BATCH, NUM_KEYPOINTS0),
+               "exp(log-assignment) of the match, 0 when unmatched"),
+    TensorSpec(SuperGlueIO.MATCHING_SCORES[1], "float32", (BATCH, NUM_KEYPOINTS1),
+               "exp(log-assignment) of the match, 0 when unmatched"),
+    TensorSpec(SuperGlueIO.LOG_ASSIGNMENT, "float32", (BATCH, "num_keypoints0+1", "num_keypoints1+1"),
+               "log of Sinkhorn's transport plan with the dustbin row and column last"),
+)
+
+
+class MetaKey:
+    """Names (without the ``ophreg.`` prefix) of the export settings every graph records."""
+
+    CONTRACT_VERSION = "contract_version"
+    MODEL = "model"
+    WEIGHTS_FILE = "weights_file"
+    WEIGHTS_SHA256 = "weights_sha256"
+    OPSET = "opset"
+    # SuperPoint
+    NMS_RADIUS = "nms_radius"
+    KEYPOINT_THRESHOLD = "keypoint_threshold"
+    REMOVE_BORDERS = "remove_borders"
+    MAX_KEYPOINTS = "max_keypoints"
+    # SuperGlue
+    SINKHORN_ITERATIONS = "sinkhorn_iterations"
+    MATCH_THRESHOLD = "match_threshold"
+
+
+class ModelKind:
+    SUPERPOINT = "superpoint"
+    SUPERGLUE = "superglue"
+
+
+_COMMON_KEYS = {
+    MetaKey.CONTRACT_VERSION: str,
+    MetaKey.MODEL: str,
+    MetaKey.WEIGHTS_FILE: str,
+    MetaKey.WEIGHTS_SHA256: str,
+    MetaKey.OPSET: int,
+}
+
+#: The metadata keys each graph must carry, with the type each value parses to.
+REQUIRED_METADATA: Mapping[str, Mapping[str, type]] = {
+    ModelKind.SUPERPOINT: {
+        **_COMMON_KEYS,
+        MetaKey.NMS_RADIUS: int,
+        MetaKey.KEYPOINT_THRESHOLD: float,
+        MetaKey.REMOVE_BORDERS: int,
+        MetaKey.MAX_KEYPOINTS: int,
+    },
+    ModelKind.SUPERGLUE: {
+        **_COMMON_KEYS,
+        MetaKey.SINKHORN_ITERATIONS: int,
+        MetaKey.MATCH_THRESHOLD: float,
+    },
+}
+
+
+def encode_metadata(settings: Mapping[str, object]) -> dict[str, str]:
+    """Turn export settings into the string map stored in the ONNX model (prefix added)."""
+    return {METADATA_PREFIX + key: str(value) for key, value in settings.items()}
+
+
+def decode_metadata(custom_metadata: Mapping[str, str], expected_model: str,
+                    source: str = "model") -> dict[str, object]:
+    """Parse and check the ``ophreg.*`` metadata of a graph that claims to be ``expected_model``.
+
+    ``custom_metadata`` is what ``session.get_modelmeta().custom_metadata_map`` returns.
+    Raises :class:`ContractMismatchError` naming ``source``, what was expected and what was found.
+    """
+    found = {key[len(METADATA_PREFIX):]: value for key, value in custom_metadata.items()
+             if key.startswith(METADATA_PREFIX)}
+    if not found:
+        raise ContractMismatchError(
+            f"{source}: no '{METADATA_PREFIX}*' metadata; expected a graph exported by "
+            f"'python -m export {expected_model}'")
+    model = found.get(MetaKey.MODEL)
+    if model != expected_model:
+        raise ContractMismatchError(
+            f"{source}: expected a {expected_model} graph, found model={model!r}")
+    version = found.get(MetaKey.CONTRACT_VERSION)
+    if version != CONTRACT_VERSION:
+        raise ContractMismatchError(
+            f"{source}: expected contract version {CONTRACT_VERSION}, found {version!r}; "
+            f"re-export the graph with this version of export/")
+    parsed: dict[str, object] = {}
+    for key, kind in REQUIRED_METADATA[expected_model].items():
+        if key not in found:
+            raise ContractMismatchError(f"{source}: metadata key '{METADATA_PREFIX}{key}' is missing")
+        try:
+            parsed[key] = kind(found[key])
+        except ValueError:
+            raise ContractMismatchError(
+                f"{source}: metadata '{METADATA_PREFIX}{key}'={found[key]!r} is not a {kind.__name__}"
+            ) from None
+    return parsed

@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real weights and images are, and skips that say why."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+DATA_DIR = Path(os.environ.get("OPHREG_DATA_DIR", SHARED / "data" / "dev"))
+WEIGHTS_DIR = Path(os.environ.get("OPHREG_WEIGHTS_DIR", SHARED / "weights"))
+MODELS_DIR = REPO_ROOT / "models"
+#: The one image that may live in the project (CC0); everything else is read from ../shared.
+CC0_RETINA = REPO_ROOT / "tests" / "fixtures" / "skimage_retina.jpg"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"real retinal images not found at {DATA_DIR} (set OPHREG_DATA_DIR)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def superpoint_weights() -> Path:
+    path = WEIGHTS_DIR / "superpoint_v1.pth"
+    if not path.is_file():
+        pytest.skip(f"SuperPoint checkpoint not found at {path} (set OPHREG_WEIGHTS_DIR)")
+    return path
