@@ -11,14 +11,7 @@ import onnx
 import torch
 
 from ophreg_rt.contract import CONTRACT_VERSION, OPSET, MetaKey, TensorSpec, encode_metadata
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ophreg_rt.sessions import sha256_file  # noqa: F401  (one home for file hashing)
 
 
 def sha256_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -1,6 +1,25 @@
 """ophreg_rt: registration of ophthalmic images with ONNX graphs of SuperPoint and SuperGlue.
 
 Torch-free: it needs only numpy, opencv and onnxruntime.
+
+    from ophreg_rt import Registrar
+    registrar = Registrar()                      # loads models/superpoint.onnx once
+    result = registrar.register("fixed.jpg", "moving.jpg")
+    if result.ok:
+        warped = registrar.warp("moving.jpg", result)   # moving image in the fixed frame
 """
 
+from .config import (Device, MatcherName, PlausibilityConfig, PreprocessConfig, PreprocessMode,
+                     RansacConfig, RegistrarConfig, TransformModel)
+from .errors import (ContractMismatchError, ImageReadError, ModelError, OphregError,
+                     OutputExistsError, ProviderUnavailableError, RegistrationFailedError)
+from .registrar import Registrar, RegistrationResult
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Registrar", "RegistrationResult", "RegistrarConfig", "PreprocessConfig", "PreprocessMode",
+    "RansacConfig", "PlausibilityConfig", "TransformModel", "MatcherName", "Device",
+    "OphregError", "ImageReadError", "ModelError", "ContractMismatchError",
+    "ProviderUnavailableError", "RegistrationFailedError", "OutputExistsError",
+]

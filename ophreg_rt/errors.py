@@ -29,7 +29,10 @@ class ProviderUnavailableError(OphregError):
 
 
 class RegistrationFailedError(OphregError):
-    """Raised only on request: the registration was refused (see ``RegistrationResult.reason``)."""
+    """A refused registration was used as if it had succeeded (e.g. asked to warp with it).
+
+    ``Registrar.register`` itself never raises it: a refusal is a result with status "failed".
+    """
 
 
 class OutputExistsError(OphregError):

@@ -1,0 +1,62 @@
+"""SuperPoint through onnxruntime: keypoints, scores and descriptors of a batch of images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Device
+from .contract import (CELL, SUPERPOINT_INPUTS, SUPERPOINT_OUTPUTS, MetaKey, ModelKind,
+                       SuperPointIO)
+from .sessions import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class Features:
+    """Detections of one image, padding removed, best score first.
+
+    keypoints: ``(N, 2)`` float32, (x, y) pixels of the image the network saw.
+    scores: ``(N,)`` float32 detector confidence in (threshold, 1].
+    descriptors: ``(N, 256)`` float32, unit L2 norm.
+    """
+
+    keypoints: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+class SuperPointRunner:
+    """Runs an exported SuperPoint graph; one instance serves many images and threads."""
+
+    def __init__(self, model_path: str | os.PathLike, device: Device = Device.CPU,
+                 threads: int | None = None, allow_cpu_fallback: bool = False):
+        self.model: LoadedModel = load_model(
+            model_path, ModelKind.SUPERPOINT, SUPERPOINT_INPUTS, SUPERPOINT_OUTPUTS,
+            device=device, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
+        self.max_keypoints = int(self.model.metadata[MetaKey.MAX_KEYPOINTS])
+        self._output_names = [spec.name for spec in SUPERPOINT_OUTPUTS]
+
+    def __call__(self, images: np.ndarray) -> list[Features]:
+        """``images``: ``(B, 1, H, W)`` float32 in [0, 1], H and W multiples of 8."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"expected images of shape (B, 1, H, W), got {images.shape}")
+        height, width = images.shape[2:]
+        if height % CELL or width % CELL or height * width < self.max_keypoints:
+            raise ValueError(
+                f"image size {width}x{height} must be multiples of {CELL} with at least "
+                f"{self.max_keypoints} pixels")
+        keypoints, scores, descriptors, mask = self.model.session.run(
+            self._output_names, {SuperPointIO.IMAGE: images})
+        features = []
+        for b in range(images.shape[0]):
+            # Valid slots come first (sorted by score), so a count is a prefix.
+            count = int(mask[b].sum())
+            features.append(Features(keypoints=keypoints[b, :count], scores=scores[b, :count],
+                                     descriptors=descriptors[b, :count]))
+        return features

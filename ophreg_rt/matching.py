@@ -1,0 +1,78 @@
+"""Matchers: mutual nearest neighbours in NumPy, and SuperGlue through onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Device, MnnConfig
+from .contract import SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, ModelKind, SuperGlueIO
+from .features import Features
+from .sessions import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Correspondences between image 0 (fixed) and image 1 (moving).
+
+    pairs: ``(M, 2)`` int64, row = (index into features0, index into features1).
+    scores: ``(M,)`` float32 confidence (cosine similarity for MNN, assignment probability for
+    SuperGlue).
+    """
+
+    pairs: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def _no_matches() -> Matches:
+    return Matches(pairs=np.zeros((0, 2), np.int64), scores=np.zeros((0,), np.float32))
+
+
+def mutual_nearest_neighbours(features0: Features, features1: Features,
+                              config: MnnConfig = MnnConfig()) -> Matches:
+    """Pairs that are each other's most similar descriptor, above ``config.min_similarity``."""
+    if len(features0) == 0 or len(features1) == 0:
+        return _no_matches()
+    similarity = features0.descriptors @ features1.descriptors.T
+    best1 = similarity.argmax(axis=1)
+    best0 = similarity.argmax(axis=0)
+    index0 = np.arange(len(features0))
+    mutual = best0[best1] == index0
+    scores = similarity[index0, best1]
+    keep = mutual & (scores >= config.min_similarity)
+    pairs = np.stack([index0[keep], best1[keep]], axis=1).astype(np.int64)
+    return Matches(pairs=pairs, scores=scores[keep].astype(np.float32))
+
+
+class SuperGlueRunner:
+    """Runs an exported SuperGlue graph (Sinkhorn, mutual check and threshold are in-graph)."""
+
+    def __init__(self, model_path: str | os.PathLike, device: Device = Device.CPU,
+                 threads: int | None = None, allow_cpu_fallback: bool = False):
+        self.model: LoadedModel = load_model(
+            model_path, ModelKind.SUPERGLUE, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS,
+            device=device, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
+        self._outputs = [SuperGlueIO.MATCHES[0], SuperGlueIO.MATCHING_SCORES[0]]
+
+    def __call__(self, features0: Features, features1: Features,
+                 network_size0: tuple[int, int], network_size1: tuple[int, int]) -> Matches:
+        """``network_size``: (width, height) of the image each detector saw."""
+        if len(features0) == 0 or len(features1) == 0:
+            return _no_matches()
+        feeds = {}
+        for i, (features, size) in enumerate(((features0, network_size0),
+                                              (features1, network_size1))):
+            feeds[SuperGlueIO.KEYPOINTS[i]] = features.keypoints[None].astype(np.float32)
+            feeds[SuperGlueIO.SCORES[i]] = features.scores[None].astype(np.float32)
+            feeds[SuperGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
+            feeds[SuperGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
+            feeds[SuperGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
+        matches0, scores0 = self.model.session.run(self._outputs, feeds)
+        index0 = np.flatnonzero(matches0[0] >= 0)
+        pairs = np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64)
+        return Matches(pairs=pairs, scores=scores0[0, index0].astype(np.float32))

@@ -1,0 +1,35 @@
+"""Where the runtime finds its graphs when the caller names none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import MatcherName
+
+#: Overrides the folder of default graphs (for installs that keep models elsewhere).
+MODELS_DIR_ENV = "OPHREG_MODELS_DIR"
+
+SUPERPOINT_FILE = "superpoint.onnx"
+#: Not shipped: SuperGlue's trained weights are not redistributable here; a user exports their
+#: own checkpoint to this name (``python -m export superglue --weights ...``).
+SUPERGLUE_FILE = "superglue.onnx"
+
+
+def models_dir() -> Path:
+    """``$OPHREG_MODELS_DIR``, else ``models/`` of the source checkout this package runs from."""
+    override = os.environ.get(MODELS_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[1] / "models"
+
+
+def default_superpoint() -> Path:
+    return models_dir() / SUPERPOINT_FILE
+
+
+def default_matcher_graph(matcher: MatcherName) -> Path | None:
+    """The graph a matcher needs, or None for matchers computed in NumPy."""
+    if MatcherName(matcher) is MatcherName.SUPERGLUE:
+        return models_dir() / SUPERGLUE_FILE
+    return None

@@ -1,0 +1,117 @@
+"""onnxruntime sessions whose provider is chosen explicitly and verified, and whose I/O is checked."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .config import Device
+from .contract import MAX_KEYPOINTS, TensorSpec, decode_metadata
+from .errors import ContractMismatchError, ModelError, ProviderUnavailableError
+
+_PROVIDERS = {
+    Device.CPU: "CPUExecutionProvider",
+    Device.CUDA: "CUDAExecutionProvider",
+}
+
+#: onnxruntime's names for the numpy dtypes the contract uses.
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)"}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified session and what it was made from."""
+
+    session: ort.InferenceSession
+    path: Path
+    sha256: str
+    provider: str  # the provider onnxruntime actually put first
+    metadata: dict[str, object]  # parsed ``ophreg.*`` export settings
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: str | os.PathLike, model_kind: str, inputs: Sequence[TensorSpec],
+               outputs: Sequence[TensorSpec], device: Device = Device.CPU,
+               threads: int | None = None, allow_cpu_fallback: bool = False) -> LoadedModel:
+    """Open an exported graph, verify its provider, its ``ophreg.*`` metadata and its I/O.
+
+    Raises :class:`ModelError`, :class:`ContractMismatchError` or
+    :class:`ProviderUnavailableError`, each naming the file and what was wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    wanted = _PROVIDERS[Device(device)]
+    cpu = _PROVIDERS[Device.CPU]
+    available = ort.get_available_providers()
+    if wanted not in available and not allow_cpu_fallback:
+        raise ProviderUnavailableError(
+            f"{path}: {wanted} is not available in this onnxruntime "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu, or allow CPU fallback")
+    providers = [p for p in dict.fromkeys([wanted, cpu]) if p in available]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: fall-backs are detected and reported below
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: onnxruntime cannot load it ({first_line})") from None
+    applied = session.get_providers()[0]
+    if applied != wanted and not allow_cpu_fallback:
+        raise ProviderUnavailableError(
+            f"{path}: asked for {wanted} but onnxruntime applied {applied} "
+            f"(is CUDA/cuDNN installed and a GPU visible?)")
+    metadata = decode_metadata(session.get_modelmeta().custom_metadata_map, model_kind,
+                               source=str(path))
+    check_io(session, inputs, outputs, str(path), metadata)
+    return LoadedModel(session=session, path=path, sha256=sha256_file(path),
+                       provider=applied, metadata=metadata)
+
+
+def check_io(session: ort.InferenceSession, inputs: Sequence[TensorSpec],
+             outputs: Sequence[TensorSpec], source: str, metadata: dict[str, object]) -> None:
+    """Compare the graph's declared inputs and outputs with the contract's specs."""
+    for kind, declared, specs in (("input", session.get_inputs(), inputs),
+                                  ("output", session.get_outputs(), outputs)):
+        found = {arg.name: arg for arg in declared}
+        for spec in specs:
+            arg = found.get(spec.name)
+            if arg is None:
+                raise ContractMismatchError(
+                    f"{source}: {kind} '{spec.name}' missing; graph has {sorted(found)}")
+            if arg.type != _ORT_TYPES[spec.dtype]:
+                raise ContractMismatchError(
+                    f"{source}: {kind} '{spec.name}' is {arg.type}, expected {_ORT_TYPES[spec.dtype]}")
+            if len(arg.shape) != len(spec.shape):
+                raise ContractMismatchError(
+                    f"{source}: {kind} '{spec.name}' has rank {len(arg.shape)}, "
+                    f"expected {len(spec.shape)} {spec.shape}")
+            for axis, (have, want) in enumerate(zip(arg.shape, spec.shape)):
+                if want == MAX_KEYPOINTS:
+                    want = metadata.get("max_keypoints")
+                if isinstance(want, int) and have != want:
+                    raise ContractMismatchError(
+                        f"{source}: {kind} '{spec.name}' axis {axis} is {have}, expected {want}")
+
+
+def as_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
