@@ -13,7 +13,6 @@ from .config import (Device, MatcherName, PlausibilityConfig, PreprocessConfig, 
                      RansacConfig, RegistrarConfig, TransformModel)
 from .errors import (ContractMismatchError, ImageReadError, ModelError, OphregError,
                      OutputExistsError, ProviderUnavailableError, RegistrationFailedError)
-from .registrar import Registrar, RegistrationResult
 
 __version__ = "0.1.0"
 
@@ -23,3 +22,12 @@ __all__ = [
     "OphregError", "ImageReadError", "ModelError", "ContractMismatchError",
     "ProviderUnavailableError", "RegistrationFailedError", "OutputExistsError",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `import ophreg_rt.contract` (the exporters do) loads neither onnxruntime nor cv2.
+    if name in ("Registrar", "RegistrationResult"):
+        from . import registrar
+
+        return getattr(registrar, name)
+    raise AttributeError(f"module 'ophreg_rt' has no attribute {name!r}")

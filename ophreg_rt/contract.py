@@ -176,6 +176,9 @@ REQUIRED_METADATA: Mapping[str, Mapping[str, type]] = {
 }
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
 def encode_metadata(settings: Mapping[str, object]) -> dict[str, str]:
     """Turn export settings into the string map stored in the ONNX model (prefix added)."""
     return {METADATA_PREFIX + key: str(value) for key, value in settings.items()}
@@ -211,6 +214,6 @@ def decode_metadata(custom_metadata: Mapping[str, str], expected_model: str,
             parsed[key] = kind(found[key])
         except ValueError:
             raise ContractMismatchError(
-                f"{source}: metadata '{METADATA_PREFIX}{key}'={found[key]!r} is not a {kind.__name__}"
+                f"{source}: metadata '{METADATA_PREFIX}{key}'={found[key]!r} is not {_KIND_NAMES[kind]}"
             ) from None
     return parsed
