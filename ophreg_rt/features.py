@@ -47,10 +47,8 @@ class SuperPointRunner:
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"expected images of shape (B, 1, H, W), got {images.shape}")
         height, width = images.shape[2:]
-        if height % CELL or width % CELL or height * width < self.max_keypoints:
-            raise ValueError(
-                f"image size {width}x{height} must be multiples of {CELL} with at least "
-                f"{self.max_keypoints} pixels")
+        if height % CELL or width % CELL:
+            raise ValueError(f"image size {width}x{height} must be multiples of {CELL}")
         keypoints, scores, descriptors, mask = self.model.session.run(
             self._output_names, {SuperPointIO.IMAGE: images})
         features = []

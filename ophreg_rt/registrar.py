@@ -17,11 +17,8 @@ from .imageio import ImageSource, read_image
 from .matching import Matches, SuperGlueRunner, mutual_nearest_neighbours
 from .model_files import default_matcher_graph, default_superpoint
 from .preprocess import network_input, network_to_original
-from .ransac import ransac
+from .ransac import STATUS_FAILED, STATUS_OK, ransac
 from .transforms import implausibility, warp_image
-
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
 
 
 @dataclass(frozen=True)
