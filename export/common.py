@@ -98,3 +98,14 @@ def update_manifest(graph_path: str | Path, model: str, source_checkpoint: str,
     manifest["graphs"] = sorted(entries, key=lambda e: e["file"])
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest_path
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """A plain onnxruntime CPU session for parity checks (``threads`` None: its default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -49,7 +49,7 @@ from ophreg_rt.contract import (
 )
 
 from .common import (
-    attach_metadata, base_metadata, check_and_save, load_checkpoint, name_dimensions,
+    attach_metadata, base_metadata, check_and_save, load_checkpoint, name_dimensions, onnx_session,
     sha256_file, sha256_state_dict, update_manifest,
 )
 
@@ -621,16 +621,6 @@ class ParityFigures:
         return (f"{self.label}: max |log_assignment diff| {self.log_assignment_max_abs_diff:.2e} "
                 f"(tolerance {self.tolerance:g}), matches identical: {self.matches_identical}, "
                 f"{self.num_matches} matches: {verdict}")
-
-
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session (``threads`` None: onnxruntime's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_torch(model: SuperGlue, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -43,6 +43,7 @@ from .common import (
     check_and_save,
     load_checkpoint,
     name_dimensions,
+    onnx_session,
     sha256_file,
     update_manifest,
 )
@@ -395,14 +396,6 @@ def compare_sets(a: Sequence[np.ndarray], b: Sequence[np.ndarray], size: tuple[i
         score_diff = descriptor_diff = 0.0 if same else float("inf")
     return ParityFigures(size, len(ka), len(kb), same, score_diff, descriptor_diff,
                          padding_exact(*a) and padding_exact(*b))
-
-
-def onnx_session(path: str | Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def parity(session, model: SuperPoint, images: np.ndarray) -> list[ParityFigures]:
