@@ -14,12 +14,21 @@ WEIGHTS_DIR = Path(os.environ.get("OPHREG_WEIGHTS_DIR", SHARED / "weights"))
 MODELS_DIR = REPO_ROOT / "models"
 #: The one image that may live in the project (CC0); everything else is read from ../shared.
 CC0_RETINA = REPO_ROOT / "tests" / "fixtures" / "skimage_retina.jpg"
+#: Set to 1 by .ci/run: there the real weights and images must be present, so their absence
+#: fails the run instead of silently skipping the parity and accuracy proofs.
+REQUIRE_SHARED = os.environ.get("OPHREG_REQUIRE_SHARED") == "1"
+
+
+def _missing(message: str) -> None:
+    if REQUIRE_SHARED:
+        pytest.fail(message + " and OPHREG_REQUIRE_SHARED=1", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():
-        pytest.skip(f"real retinal images not found at {DATA_DIR} (set OPHREG_DATA_DIR)")
+        _missing(f"real retinal images not found at {DATA_DIR} (set OPHREG_DATA_DIR)")
     return DATA_DIR
 
 
@@ -27,5 +36,5 @@ def data_dir() -> Path:
 def superpoint_weights() -> Path:
     path = WEIGHTS_DIR / "superpoint_v1.pth"
     if not path.is_file():
-        pytest.skip(f"SuperPoint checkpoint not found at {path} (set OPHREG_WEIGHTS_DIR)")
+        _missing(f"SuperPoint checkpoint not found at {path} (set OPHREG_WEIGHTS_DIR)")
     return path
