@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.known_truth import (SUCCESS_PX, Case, make_cases, mean_fov_error,
                                     round_trip_error)
 from ophreg_rt import Registrar, RegistrarConfig
-from ophreg_rt.config import PreprocessMode
+from ophreg_rt.config import MnnConfig, PreprocessMode
 from ophreg_rt.imageio import read_image
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
@@ -42,7 +42,8 @@ def angio_like(case: Case) -> Case:
 def configurations() -> dict[str, RegistrarConfig]:
     default = RegistrarConfig()
     return {
-        "default (clahe, mnn, affine)": default,
+        "default (clahe, mnn >= 0.5, affine)": default,
+        "mnn min_similarity 0.7 (SuperPoint demo's)": replace(default, mnn=MnnConfig(0.7)),
         "grey (paper's input), mnn, affine": replace(
             default, preprocess=replace(default.preprocess, mode=PreprocessMode.GREY)),
     }
