@@ -451,3 +451,31 @@ def test_cli_reports_parity_and_fails_when_the_graph_is_not_the_model(graph, mon
     printed = capsys.readouterr().out
     assert str(out) in printed and "sha256" in printed and f"random-init:seed={seed}" in printed
     assert ("FAILED" in printed) == bool(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# The runtime's SuperGlue path
+
+
+def test_runtime_registers_through_the_exported_graph(graph):
+    """The runtime feeds the graph per contract and reads matches the right way round.
+
+    Random weights are no trained matcher, but matching an image with a warped copy of itself
+    they pair up identical descriptors (see ``random_superglue``); a swapped index order, a
+    wrong image size or broken masks would give no consistent affine, so recovering the known
+    warp checks the plumbing end to end.
+    """
+    from dataclasses import replace
+
+    from benchmarks.known_truth import SUCCESS_PX, make_cases, mean_fov_error
+    from conftest import CC0_RETINA
+    from ophreg_rt import MatcherName, Registrar, RegistrarConfig
+
+    case = make_cases([CC0_RETINA], per_image=1, seed=7)[0]
+    registrar = Registrar(replace(RegistrarConfig(), matcher=MatcherName.SUPERGLUE, threads=1),
+                          matcher_model=graph)
+    result = registrar.register(case.fixed, case.moving)
+    assert result.ok, result.reason
+    assert mean_fov_error(result.matrix, case) < SUCCESS_PX
+    assert result.to_json()["models"]["superglue"]["file"] == graph.name
+    assert (result.match_scores > SuperGlueSettings().match_threshold).all()
