@@ -17,10 +17,18 @@ SUPERGLUE_FILE = "superglue.onnx"
 
 
 def models_dir() -> Path:
-    """``$OPHREG_MODELS_DIR``, else ``models/`` of the source checkout this package runs from."""
+    """Folder of the default graphs.
+
+    ``$OPHREG_MODELS_DIR`` when set; else the graphs a wheel carries (``ophreg_rt/_models``,
+    mapped from the repository's ``models/`` by pyproject.toml); else ``models/`` of the source
+    checkout this package runs from (editable install).
+    """
     override = os.environ.get(MODELS_DIR_ENV)
     if override:
         return Path(override)
+    packaged = Path(__file__).resolve().parent / "_models"
+    if packaged.is_dir():
+        return packaged
     return Path(__file__).resolve().parents[1] / "models"
 
 
