@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,8 +35,16 @@ def test_shipped_graph_matches_its_manifest_entry():
 
 @pytest.mark.slow
 def test_the_wheel_carries_the_default_graph(tmp_path):
+    # Built from a copy: setuptools leaves a build/ folder beside the sources it builds.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    for name in ("ophreg_rt", "models"):
+        shutil.copytree(REPO_ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(REPO_ROOT)], check=True, timeout=300,
+                    "-q", "-w", str(tmp_path), str(source)], check=True, timeout=300,
                    capture_output=True)
     (wheel,) = tmp_path.glob("ophreg_rt-*.whl")
     with zipfile.ZipFile(wheel) as archive:
