@@ -153,7 +153,7 @@ class Registrar:
             keypoints_fixed=keypoints_fixed, keypoints_moving=keypoints_moving,
             matches=matches.pairs, match_scores=matches.scores,
             inliers=np.asarray(fit.inliers, dtype=bool), timings_ms=timings,
-            models=self.models, provider=self.provider)
+            models=dict(self.models), provider=self.provider)
 
     def warp(self, moving: ImageSource, result: RegistrationResult) -> np.ndarray:
         """The moving image in the fixed frame; refuses a failed registration."""
