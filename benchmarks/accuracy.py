@@ -23,11 +23,13 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from benchmarks.known_truth import (LARGE_MOTION, SUCCESS_PX, Case, make_cases,
                                     mean_fov_error, round_trip_error)
+from benchmarks.sift_baseline import SiftRegistrar
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import MnnConfig, PreprocessMode
 from ophreg_rt.imageio import read_image
@@ -41,13 +43,15 @@ def angio_like(case: Case) -> Case:
     return Case(case.name + ":angio", case.fixed, (255 - green).astype(np.uint8), case.truth)
 
 
-def configurations() -> dict[str, RegistrarConfig]:
+def configurations() -> dict[str, Callable[[], Registrar]]:
     default = RegistrarConfig()
     return {
-        "default (clahe, mnn >= 0.5, affine)": default,
-        "mnn min_similarity 0.7 (SuperPoint demo's)": replace(default, mnn=MnnConfig(0.7)),
-        "grey (paper's input), mnn, affine": replace(
-            default, preprocess=replace(default.preprocess, mode=PreprocessMode.GREY)),
+        "default (clahe, mnn >= 0.5, affine)": lambda: Registrar(default),
+        "mnn min_similarity 0.7 (SuperPoint demo's)": lambda: Registrar(
+            replace(default, mnn=MnnConfig(0.7))),
+        "grey (paper's input), mnn, affine": lambda: Registrar(
+            replace(default, preprocess=replace(default.preprocess, mode=PreprocessMode.GREY))),
+        "SIFT baseline (clahe, ratio 0.8, affine)": lambda: SiftRegistrar(default),
     }
 
 
@@ -94,9 +98,9 @@ def main() -> None:
     large_cases = make_cases(paths, args.per_image, args.seed, LARGE_MOTION)
     report = {"method": __doc__, "machine": platform.platform(), "per_image": args.per_image,
               "seed": args.seed, "images": len(paths), "configurations": {}}
-    for name, config in configurations().items():
+    for name, make_registrar in configurations().items():
         started = time.perf_counter()
-        registrar = Registrar(config)
+        registrar = make_registrar()
         report["configurations"][name] = {
             "models": registrar.models,
             "known_truth_same": known_truth(registrar, cases),

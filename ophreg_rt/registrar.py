@@ -121,17 +121,8 @@ class Registrar:
         moving_image = read_image(moving, moving_name)
         fixed_size = (fixed_image.shape[1], fixed_image.shape[0])
         moving_size = (moving_image.shape[1], moving_image.shape[0])
-        network_size = self.config.preprocess.size
-
-        with _timed(timings, "preprocess"):
-            batch = np.stack([network_input(fixed_image, self.config.preprocess),
-                              network_input(moving_image, self.config.preprocess)])
-        with _timed(timings, "superpoint"):
-            features_fixed, features_moving = self.superpoint(batch)
-        with _timed(timings, "matching"):
-            matches = self._match(features_fixed, features_moving, network_size)
-        keypoints_fixed = network_to_original(features_fixed.keypoints, fixed_size, network_size)
-        keypoints_moving = network_to_original(features_moving.keypoints, moving_size, network_size)
+        keypoints_fixed, keypoints_moving, matches = self._correspondences(
+            fixed_image, moving_image, timings)
 
         with _timed(timings, "ransac"):
             threshold = self.config.ransac.threshold * max(fixed_size) / REFERENCE_SIZE
@@ -154,6 +145,27 @@ class Registrar:
             matches=matches.pairs, match_scores=matches.scores,
             inliers=np.asarray(fit.inliers, dtype=bool), timings_ms=timings,
             models=dict(self.models), provider=self.provider)
+
+    def _correspondences(self, fixed_image: np.ndarray, moving_image: np.ndarray,
+                         timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, Matches]:
+        """Keypoints of both images in original pixels, and the matches between them.
+
+        The seam between features and geometry: everything after it (RANSAC, refusal, warp)
+        is the same whatever detector and matcher produced the correspondences.
+        """
+        network_size = self.config.preprocess.size
+        with _timed(timings, "preprocess"):
+            batch = np.stack([network_input(fixed_image, self.config.preprocess),
+                              network_input(moving_image, self.config.preprocess)])
+        with _timed(timings, "superpoint"):
+            features_fixed, features_moving = self.superpoint(batch)
+        with _timed(timings, "matching"):
+            matches = self._match(features_fixed, features_moving, network_size)
+        fixed_size = (fixed_image.shape[1], fixed_image.shape[0])
+        moving_size = (moving_image.shape[1], moving_image.shape[0])
+        return (network_to_original(features_fixed.keypoints, fixed_size, network_size),
+                network_to_original(features_moving.keypoints, moving_size, network_size),
+                matches)
 
     def warp(self, moving: ImageSource, result: RegistrationResult) -> np.ndarray:
         """The moving image in the fixed frame; refuses a failed registration."""
