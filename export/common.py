@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -79,8 +80,6 @@ def check_and_save(model: onnx.ModelProto, out: str | Path) -> Path:
 def update_manifest(graph_path: str | Path, model: str, source_checkpoint: str,
                     source_sha256: str, settings: Mapping[str, object]) -> Path:
     """Record a written graph in ``manifest.json`` beside it (one entry per graph file)."""
-    import json
-
     graph_path = Path(graph_path)
     manifest_path = graph_path.parent / "manifest.json"
     manifest = {"graphs": []}

@@ -12,8 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import (Device, MatcherName, PreprocessConfig, PreprocessMode, RansacConfig,
-                     RegistrarConfig, TransformModel)
+from .config import Device, MatcherName, PreprocessMode, RegistrarConfig, TransformModel
 from .errors import OphregError
 from .imageio import check_writable, read_image, write_bytes_atomic, write_image
 from .registrar import Registrar

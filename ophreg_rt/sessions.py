@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import onnxruntime as ort
 
 from .config import Device
@@ -111,7 +110,3 @@ def check_io(session: ort.InferenceSession, inputs: Sequence[TensorSpec],
                 if isinstance(want, int) and have != want:
                     raise ContractMismatchError(
                         f"{source}: {kind} '{spec.name}' axis {axis} is {have}, expected {want}")
-
-
-def as_dtype(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
