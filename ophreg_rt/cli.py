@@ -1,4 +1,8 @@
-"""``ophreg register FIXED MOVING ...``: a thin command line over :class:`Registrar`.
+"""``ophreg COMMAND ...``: a thin command line over :class:`Registrar`.
+
+``register`` lives here; other commands add their sub-parser from their own module through an
+``add_commands(commands)`` function that sets ``handler`` (a function of the parsed arguments
+returning the exit code), so this file stays the one home of exit codes and error reporting.
 
 Exit codes: 0 registered; 3 registration refused (too few inliers, implausible transform);
 2 bad input or usage, with one line on stderr naming the file and the problem.
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--superpoint", type=Path, help="SuperPoint graph (default: models/)")
     reg.add_argument("--superglue", type=Path, help="SuperGlue graph (default: models/)")
     reg.add_argument("--force", action="store_true", help="overwrite existing output files")
+    reg.set_defaults(handler=register_command)
     return parser
 
 
@@ -128,7 +133,7 @@ def register_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return register_command(args)
+        return args.handler(args)
     except OphregError as exc:
         print(f"ophreg: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
