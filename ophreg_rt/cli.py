@@ -42,7 +42,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = RegistrarConfig()
     parser = _Parser(prog="ophreg", description="Register ophthalmic images (SuperPoint + "
                      "SuperGlue/MNN, RANSAC, warp) with ONNX graphs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -54,31 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"write {', '.join(OUTPUT_FILES.values())} there")
     reg.add_argument("--json", type=Path, dest="json_path",
                      help="write the result object there (default: print it on stdout)")
-    reg.add_argument("--matcher", choices=[m.value for m in MatcherName],
-                     default=defaults.matcher.value,
-                     help="mnn: mutual nearest neighbour (NumPy); superglue: needs a graph "
-                          "exported from trained weights (--superglue) (default: %(default)s)")
-    reg.add_argument("--device", choices=[d.value for d in Device], default=defaults.device.value)
-    reg.add_argument("--allow-cpu-fallback", action="store_true",
-                     help="run on CPU when the CUDA provider is unavailable instead of failing")
-    reg.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    reg.add_argument("--transform", choices=[t.value for t in TransformModel],
-                     default=defaults.ransac.model.value, help="default: %(default)s")
-    reg.add_argument("--preprocess", choices=[p.value for p in PreprocessMode],
-                     default=defaults.preprocess.mode.value, help="default: %(default)s")
-    reg.add_argument("--size", type=int, default=defaults.preprocess.size[0],
-                     help="side of the square network input, multiple of 8 (default: %(default)s)")
-    reg.add_argument("--threshold", type=float, default=defaults.ransac.threshold,
-                     help="RANSAC inlier threshold, px at 1024 (default: %(default)s)")
-    reg.add_argument("--seed", type=int, default=defaults.seed, help="RANSAC seed")
-    reg.add_argument("--superpoint", type=Path, help="SuperPoint graph (default: models/)")
-    reg.add_argument("--superglue", type=Path, help="SuperGlue graph (default: models/)")
+    add_registration_options(reg)
     reg.add_argument("--force", action="store_true", help="overwrite existing output files")
     reg.set_defaults(handler=register_command)
     return parser
 
 
-def _config(args: argparse.Namespace) -> RegistrarConfig:
+def add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that registers takes; read back by registration_config."""
+    defaults = RegistrarConfig()
+    parser.add_argument("--matcher", choices=[m.value for m in MatcherName],
+                        default=defaults.matcher.value,
+                        help="mnn: mutual nearest neighbour (NumPy); superglue: needs a graph "
+                             "exported from trained weights (--superglue) (default: %(default)s)")
+    parser.add_argument("--device", choices=[d.value for d in Device],
+                        default=defaults.device.value)
+    parser.add_argument("--allow-cpu-fallback", action="store_true",
+                        help="run on CPU when the CUDA provider is unavailable instead of failing")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    parser.add_argument("--transform", choices=[t.value for t in TransformModel],
+                        default=defaults.ransac.model.value, help="default: %(default)s")
+    parser.add_argument("--preprocess", choices=[p.value for p in PreprocessMode],
+                        default=defaults.preprocess.mode.value, help="default: %(default)s")
+    parser.add_argument("--size", type=int, default=defaults.preprocess.size[0],
+                        help="side of the square network input, multiple of 8 "
+                             "(default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=defaults.ransac.threshold,
+                        help="RANSAC inlier threshold, px at 1024 (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="RANSAC seed")
+    parser.add_argument("--superpoint", type=Path, help="SuperPoint graph (default: models/)")
+    parser.add_argument("--superglue", type=Path, help="SuperGlue graph (default: models/)")
+
+
+def registration_config(args: argparse.Namespace) -> RegistrarConfig:
+    """The RegistrarConfig that add_registration_options' arguments ask for."""
     defaults = RegistrarConfig()
     if args.size <= 0 or args.size % 8:
         raise OphregError(f"--size {args.size}: must be a positive multiple of 8")
@@ -97,7 +105,7 @@ def _config(args: argparse.Namespace) -> RegistrarConfig:
 
 
 def register_command(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = registration_config(args)
     outputs = {key: args.out_dir / name for key, name in OUTPUT_FILES.items()} if args.out_dir else {}
     targets = list(outputs.values()) + ([args.json_path] if args.json_path else [])
     # Refuse before any work: never lose an hour of compute to an output that cannot be written.
