@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_registration_options(reg)
     reg.add_argument("--force", action="store_true", help="overwrite existing output files")
     reg.set_defaults(handler=register_command)
+    from .cohort.cli import add_commands as add_cohort_commands  # imports this module
+    add_cohort_commands(commands)
     return parser
 
 

@@ -1,0 +1,307 @@
+"""Registering a cohort's pairs: resumable results, progress, a summary, and the local engine.
+
+The results file (``results.jsonl`` in the output folder) gets one JSON line per pair, written
+as each pair finishes by this (the parent) process only, each line with one ``write`` on an
+``O_APPEND`` descriptor followed by ``fsync``. A crash can therefore leave at most a torn last
+line; the next run cuts it off before appending, then skips every pair that has a line. A pair
+whose images cannot be read, or whose registration raises, gets a line with status ``error``:
+it never stops the batch.
+
+Engines are functions ``(spec, pairs, workers) -> iterator of result lines`` in completion
+order. The local engine runs ``workers`` spawned processes, each with its own Registrar (its
+own onnxruntime sessions), so the models load once per worker; with one worker it runs in this
+process. Ray's engine (``ray_engine``) has the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..config import RegistrarConfig
+from ..errors import OphregError
+from .pairing import Pair
+
+RESULTS_FILE = "results.jsonl"
+#: The registration options of the batch's first run; a resumed run must ask for the same.
+OPTIONS_FILE = "options.json"
+STATUS_ERROR = "error"  # the pair could not be attempted (unreadable image, unexpected error)
+
+Engine = Callable[["WorkerSpec", list[Pair], int], Iterator[dict]]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What each worker needs to build its Registrar (picklable: sent to processes and actors)."""
+
+    config: RegistrarConfig
+    superpoint: Path | None = None
+    superglue: Path | None = None
+
+    def options(self) -> dict:
+        """The settings that decide the results; threads and CPU fall-back do not."""
+        settings = asdict(replace(self.config, threads=None, allow_cpu_fallback=False))
+        settings.pop("threads"), settings.pop("allow_cpu_fallback")
+        return json.loads(json.dumps({"config": settings,
+                                      "superpoint": str(self.superpoint or ""),
+                                      "superglue": str(self.superglue or "")}))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of ``workers`` processes so that together they fill, and do not
+    oversubscribe, the cores (more threads than cores only adds context switches)."""
+    return max(1, (cores or available_cores()) // workers)
+
+
+class PairRegistrar:
+    """One worker's state: a Registrar loaded once, then called for many pairs."""
+
+    def __init__(self, spec: WorkerSpec):
+        from ..registrar import Registrar  # heavy: loads onnxruntime and the graphs
+
+        self.registrar = Registrar(spec.config, superpoint_model=spec.superpoint,
+                                   matcher_model=spec.superglue)
+
+    def __call__(self, pair: Pair) -> dict:
+        started = time.perf_counter()
+        try:
+            result = self.registrar.register(pair.fixed_path, pair.moving_path)
+            outcome = result.to_json()
+        except Exception as exc:  # noqa: BLE001 - one pair's failure must never stop the batch
+            message = str(exc) if isinstance(exc, OphregError) else f"{type(exc).__name__}: {exc}"
+            outcome = {"status": STATUS_ERROR, "reason": message, "error": type(exc).__name__,
+                       "timings_ms": {"total": round((time.perf_counter() - started) * 1e3, 3)}}
+        return result_line(pair, outcome)
+
+
+def result_line(pair: Pair, outcome: dict) -> dict:
+    """The pair's identity first, then the CLI contract's fields (or the error)."""
+    return {"pair_id": pair.pair_id, "task": pair.task, "dates": pair.row.get("dates", ""),
+            "fixed_path": str(pair.fixed_path), "moving_path": str(pair.moving_path), **outcome}
+
+
+# --- the local engine -------------------------------------------------------------------------
+
+_worker: PairRegistrar | None = None
+
+
+def _start_worker(spec: WorkerSpec) -> None:
+    global _worker
+    # Ctrl-C reaches the whole process group; the parent alone decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker = PairRegistrar(spec)
+
+
+def _register_in_worker(pair: Pair) -> dict:
+    assert _worker is not None, "the pool's initializer builds the worker"
+    return _worker(pair)
+
+
+def local_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[dict]:
+    spec = replace(spec, config=replace(
+        spec.config, threads=spec.config.threads or threads_per_worker(workers)))
+    if workers == 1:
+        # No process to spawn: the one worker is this process (same sessions, same threads).
+        worker = PairRegistrar(spec)
+        for pair in pairs:
+            yield worker(pair)
+        return
+    # spawn, not fork: a forked child would inherit onnxruntime's thread pools in a broken state.
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(spec,))
+    try:
+        yield from pool.imap_unordered(_register_in_worker, pairs, chunksize=1)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+# --- the results file ---------------------------------------------------------------------------
+
+class ResultsLog:
+    """``results.jsonl``: append-only, one line per finished pair, repaired before each run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict]:
+        """Every complete line; a torn last line (a crash mid-write) is cut off the file."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        records, good_end, position = [], 0, 0
+        while position < len(data):
+            newline = data.find(b"\n", position)
+            end = len(data) if newline < 0 else newline + 1
+            try:
+                record = json.loads(data[position:end]) if newline >= 0 else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "pair_id" not in record:
+                if end < len(data):  # only the last line can be torn by a crash
+                    line = data.count(b"\n", 0, position) + 1
+                    raise OphregError(f"{self.path}: line {line} is not a result; the file was "
+                                      "changed by something else than ophreg (refusing to append)")
+                break
+            records.append(record)
+            good_end = position = end
+        if good_end < len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(good_end)
+                os.fsync(handle.fileno())
+        return records
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+# --- progress and summary -------------------------------------------------------------------
+
+class Progress:
+    """One stderr line: done/total, rate, time left. Redrawn in place on a terminal; elsewhere
+    (logs, CI) printed at most every ``interval_s`` so a log stays readable."""
+
+    def __init__(self, total: int, already: int, stream=sys.stderr, interval_s: float = 10.0):
+        self.total, self.done, self.failed = total, already, 0
+        self.new = 0
+        self.stream, self.interval_s = stream, interval_s
+        self.started = self.last_print = time.monotonic()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, record: dict) -> None:
+        self.done += 1
+        self.new += 1
+        self.failed += record.get("status") != "ok"
+        now = time.monotonic()
+        if self.tty or now - self.last_print >= self.interval_s or self.done == self.total:
+            self.last_print = now
+            self.stream.write(("\r" if self.tty else "") + self.line(now)
+                              + ("" if self.tty and self.done < self.total else "\n"))
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        rate = self.new / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * self.done / max(self.total, 1))
+        return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} pairs, "
+                f"{rate:.2f} pairs/s, {_clock(left)} left, {self.failed} not registered")
+
+
+def _clock(seconds: float) -> str:
+    if math.isnan(seconds):  # no rate yet
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def summary_table(records: Iterable[dict]) -> str:
+    """Per task: pairs, registered, refused and errors (with their commonest reasons), median
+    inliers of the registered pairs, median and total registration time."""
+    by_task: dict[str, list[dict]] = {}
+    for record in records:
+        by_task.setdefault(str(record.get("task") or "-"), []).append(record)
+    header = (f"{'task':<6}{'pairs':>7}{'registered':>12}{'refused':>9}{'errors':>8}"
+              f"{'median inliers':>16}{'median s':>10}{'total s':>9}")
+    lines = [header]
+    reasons = []
+    for task in sorted(by_task):
+        group = by_task[task]
+        status = Counter(record.get("status") for record in group)
+        inliers = [r["num_inliers"] for r in group if r.get("status") == "ok"]
+        times = [r.get("timings_ms", {}).get("total", 0.0) / 1e3 for r in group]
+        lines.append(f"{task:<6}{len(group):>7}{status['ok']:>12}{status['failed']:>9}"
+                     f"{status[STATUS_ERROR]:>8}"
+                     f"{(statistics.median(inliers) if inliers else float('nan')):>16.0f}"
+                     f"{statistics.median(times):>10.2f}{sum(times):>9.1f}")
+        for reason, count in Counter(r.get("reason") for r in group
+                                     if r.get("status") != "ok").most_common(3):
+            reasons.append(f"  task {task}: {count} x {reason}")
+    if reasons:
+        lines += ["not registered, commonest reasons:"] + reasons
+    return "\n".join(lines)
+
+
+# --- the batch ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    records: list[dict]  # one per pair of this pairs file, earlier runs' included
+    new: int  # registered by this run
+    wall_s: float  # this run, models loading included
+
+
+def run_batch(pairs: list[Pair], out_dir: Path, spec: WorkerSpec, workers: int,
+              engine: Engine = local_engine, progress_stream=sys.stderr) -> BatchOutcome:
+    """Register every pair without a result in ``out_dir``; returns all of their results."""
+    if workers < 1:
+        raise OphregError(f"--workers {workers}: must be at least 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_options(out_dir / OPTIONS_FILE, spec)
+    log = ResultsLog(out_dir / RESULTS_FILE)
+    wanted = {pair.pair_id for pair in pairs}
+    done = {r["pair_id"]: r for r in log.read() if r["pair_id"] in wanted}
+    todo = [pair for pair in pairs if pair.pair_id not in done]
+    started = time.monotonic()
+    if todo:
+        progress = Progress(len(pairs), len(done), progress_stream)
+        for record in engine(spec, todo, min(workers, len(todo))):
+            log.append(record)
+            done[record["pair_id"]] = record
+            progress.update(record)
+    ordered = [done[pair.pair_id] for pair in pairs]
+    return BatchOutcome(ordered, len(todo), time.monotonic() - started)
+
+
+def _check_same_options(path: Path, spec: WorkerSpec) -> None:
+    from ..imageio import write_bytes_atomic
+
+    options = spec.options()
+    if not path.exists():
+        write_bytes_atomic(path, (json.dumps(options, indent=2) + "\n").encode())
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError:
+        raise OphregError(f"{path}: not JSON; it records the options of this folder's results")
+    if earlier != options:
+        changed = _first_difference(earlier, options)
+        raise OphregError(f"{path.parent}: its results were computed with other registration "
+                          f"options ({changed}); rerun with the same options or use another "
+                          "--out-dir")
+
+
+def _first_difference(earlier, now, prefix: str = "") -> str:
+    if isinstance(earlier, dict) and isinstance(now, dict):
+        for key in sorted(set(earlier) | set(now)):
+            if earlier.get(key) != now.get(key):
+                return _first_difference(earlier.get(key), now.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: was {earlier!r}, now {now!r}"

@@ -1,0 +1,99 @@
+"""``ophreg pairs`` and ``ophreg batch``: a cohort's manifest to pairs, pairs to results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ..cli import EXIT_FAILED, EXIT_OK, add_registration_options, registration_config
+from ..imageio import check_writable, write_bytes_atomic
+from .batch import RESULTS_FILE, WorkerSpec, local_engine, run_batch, summary_table
+from .manifest import COLUMNS
+from .pairing import (
+    ACROSS_DATES,
+    SAME_DATE,
+    TASK_NAMES,
+    pair_images,
+    pairs_csv,
+    read_pairs,
+)
+
+#: What a shell reports for a process stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+ENGINES = ("local", "ray")
+
+
+def add_commands(commands) -> None:
+    pairs = commands.add_parser(
+        "pairs", help="list the method's pairs of a cohort manifest",
+        description="Pair the images of a manifest by the method's rules (one patient, eye and "
+                    "field centre; tasks 1-3) and write the pairs file that `ophreg batch` reads.")
+    pairs.add_argument("manifest", type=Path,
+                       help=f"CSV with the columns {', '.join(COLUMNS)}")
+    pairs.add_argument("--out", type=Path, help="write the pairs CSV there (default: stdout)")
+    pairs.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    pairs.set_defaults(handler=pairs_command)
+
+    batch = commands.add_parser(
+        "batch", help="register every pair of a pairs file (resumable)",
+        description=f"Register every pair of PAIRS (written by `ophreg pairs`). Results go to "
+                    f"OUT_DIR/{RESULTS_FILE}, one JSON line per pair, as they finish; running "
+                    "the same command again skips the finished pairs.")
+    batch.add_argument("pairs", type=Path, help="the pairs CSV")
+    batch.add_argument("--out-dir", type=Path, required=True, help="folder of the results")
+    batch.add_argument("--workers", type=int, default=1,
+                       help="worker processes (local) or actors (ray), each loading the models "
+                            "once (default: %(default)s)")
+    batch.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: processes on this machine; ray: a Ray cluster (RAY_ADDRESS, "
+                            "or a local one), needs the 'cluster' extra (default: %(default)s)")
+    add_registration_options(batch)
+    batch.set_defaults(handler=batch_command)
+
+
+def pairs_command(args: argparse.Namespace) -> int:
+    from .manifest import read_manifest
+
+    if args.out:
+        check_writable([args.out], args.force)
+    pairing = pair_images(read_manifest(args.manifest))
+    text = pairs_csv(pairing.pairs)
+    if args.out:
+        write_bytes_atomic(args.out, text.encode())
+    else:
+        sys.stdout.write(text)
+    counts = Counter((pair.task, pair.row["dates"]) for pair in pairing.pairs)
+    for task, name in TASK_NAMES.items():
+        by_dates = {dates: counts[(str(task), dates)] for dates in (SAME_DATE, ACROSS_DATES)}
+        detail = ", ".join(f"{n} {dates.replace('_', ' ')}" for dates, n in by_dates.items())
+        print(f"task {task} ({name}): {sum(by_dates.values())} pairs ({detail})", file=sys.stderr)
+    if pairing.unassigned:
+        print(f"{pairing.unassigned} healthy pairs of different image types belong to no task "
+              "and are not listed", file=sys.stderr)
+    return EXIT_OK
+
+
+def batch_command(args: argparse.Namespace) -> int:
+    config = registration_config(args)
+    pairs = read_pairs(args.pairs)
+    engine = local_engine
+    if args.engine == "ray":
+        from .ray_engine import ray_engine
+
+        engine = ray_engine
+    spec = WorkerSpec(config, args.superpoint, args.superglue)
+    try:
+        outcome = run_batch(pairs, args.out_dir, spec, args.workers, engine)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished pairs are in {args.out_dir / RESULTS_FILE}; run the same "
+              "command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary_table(outcome.records))
+    rate = f", {outcome.new / outcome.wall_s:.2f} pairs/s" if outcome.new else ""
+    print(f"{outcome.new} pairs registered by this run in {outcome.wall_s:.1f} s{rate} "
+          f"({len(pairs) - outcome.new} already done); results: {args.out_dir / RESULTS_FILE}",
+          file=sys.stderr)
+    all_registered = all(record.get("status") == "ok" for record in outcome.records)
+    return EXIT_OK if all_registered else EXIT_FAILED
