@@ -33,6 +33,20 @@ class SuperGlueSettings:
     num_heads: int = 4
 
 
+@dataclass(frozen=True)
+class LightGlueSettings:
+    """Matcher settings baked into the LightGlue graph (Lindenberger et al. 2023).
+
+    The published model's values. Every layer runs: the adaptive early exit and point pruning
+    are not in the graph (export/lightglue.py says why), so no confidence thresholds here.
+    """
+
+    filter_threshold: float = 0.1  # minimum match probability, after the mutual check
+    descriptor_dim: int = 256
+    num_layers: int = 9  # each one self- and one cross-attention block
+    num_heads: int = 4
+
+
 class PreprocessMode(str, Enum):
     """How an image becomes the network's grey input.
 
@@ -90,9 +104,32 @@ class PlausibilityConfig:
     max_perspective: float = 0.5  # |h31|, |h32| * REFERENCE_SIZE, homography only
 
 
+class FeatureName(str, Enum):
+    """The front end that finds and describes keypoints."""
+
+    SUPERPOINT = "superpoint"  # the method's, an ONNX graph
+    SIFT = "sift"  # the method's baseline (OpenCV); matched by its own ratio test, never by a
+    # learned matcher, which was trained on SuperPoint descriptors
+
+
+@dataclass(frozen=True)
+class SiftConfig:
+    """OpenCV SIFT on the same preprocessed network input as SuperPoint, then Lowe's ratio test."""
+
+    #: Lowe (2004) kept a nearest neighbour closer than 0.8 times the second nearest.
+    ratio: float = 0.8
+    #: 0 keeps every detection; a CLAHE'd 1024-px fundus image gives a few thousand.
+    max_features: int = 0
+    contrast_threshold: float = 0.04  # OpenCV's default
+    #: Also require the pair to be the moving image's nearest neighbour of the fixed one
+    #: (benchmarks/accuracy.py measured its effect; see DESIGN.md).
+    mutual: bool = True
+
+
 class MatcherName(str, Enum):
-    MNN = "mnn"  # mutual nearest neighbour on descriptors, in NumPy
+    MNN = "mnn"  # mutual nearest neighbour on descriptors, in NumPy (for SIFT: the ratio test)
     SUPERGLUE = "superglue"
+    LIGHTGLUE = "lightglue"  # the trained matcher shipped in models/ (LightGlue for SuperPoint)
 
 
 @dataclass(frozen=True)
@@ -110,6 +147,7 @@ class Device(str, Enum):
 
 @dataclass(frozen=True)
 class RegistrarConfig:
+    features: FeatureName = FeatureName.SUPERPOINT
     matcher: MatcherName = MatcherName.MNN
     device: Device = Device.CPU
     allow_cpu_fallback: bool = False
@@ -118,4 +156,5 @@ class RegistrarConfig:
     ransac: RansacConfig = field(default_factory=RansacConfig)
     plausibility: PlausibilityConfig = field(default_factory=PlausibilityConfig)
     mnn: MnnConfig = field(default_factory=MnnConfig)
+    sift: SiftConfig = field(default_factory=SiftConfig)
     seed: int = 0

@@ -37,3 +37,7 @@ class RegistrationFailedError(OphregError):
 
 class OutputExistsError(OphregError):
     """An output file already exists and overwriting was not asked for."""
+
+
+class InvalidConfigError(OphregError):
+    """Options that cannot work together (e.g. SIFT features with a learned matcher)."""

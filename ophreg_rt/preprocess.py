@@ -27,8 +27,8 @@ def to_grey_uint8(image: np.ndarray, mode: PreprocessMode) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
-def network_input(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """``(1, height, width)`` float32 in [0, 1] at ``config.size``, ready for SuperPoint.
+def network_grey(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """``(height, width)`` uint8 at ``config.size``: what every front end (SuperPoint, SIFT) sees.
 
     CLAHE is applied after resizing, so that its tiles cover the same share of the eye whatever
     the camera's resolution.
@@ -44,7 +44,12 @@ def network_input(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         clahe = cv2.createCLAHE(clipLimit=config.clahe_clip_limit,
                                 tileGridSize=config.clahe_tile_grid)
         resized = clahe.apply(resized)
-    return (resized.astype(np.float32) / 255.0)[None]
+    return resized
+
+
+def network_input(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """``(1, height, width)`` float32 in [0, 1] at ``config.size``, ready for SuperPoint."""
+    return (network_grey(image, config).astype(np.float32) / 255.0)[None]
 
 
 def network_to_original(points: np.ndarray, original_size: tuple[int, int],

@@ -5,19 +5,20 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .config import REFERENCE_SIZE, MatcherName, RegistrarConfig, TransformModel
-from .errors import RegistrationFailedError
+from .config import REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig, TransformModel
+from .errors import InvalidConfigError, RegistrationFailedError
 from .features import Features, SuperPointRunner
 from .imageio import ImageSource, read_image
 from .matching import Matches, SuperGlueRunner, mutual_nearest_neighbours
 from .model_files import default_matcher_graph, default_superpoint
-from .preprocess import network_input, network_to_original
+from .preprocess import network_grey, network_input, network_to_original
 from .ransac import STATUS_FAILED, STATUS_OK, ransac
+from .sift import SIFT_DESCRIPTION, detect_sift, ratio_test_matches
 from .transforms import implausibility, warp_image
 
 
@@ -36,7 +37,9 @@ class RegistrationResult:
     inliers: ``(M,)`` bool, the matches RANSAC kept (all False when it found no model).
     timings_ms: milliseconds per stage.
     models: graph file name and sha256 per model used.
-    provider: the onnxruntime execution provider that ran the graphs.
+    provider: the onnxruntime execution provider that ran the graphs ("opencv" for SIFT).
+    features: the front end that ran ("superpoint" or "sift").
+    matcher: the matcher that ran ("mnn", "superglue", ...; "ratio" for SIFT's ratio test).
     """
 
     status: str
@@ -53,6 +56,8 @@ class RegistrationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     provider: str = ""
+    features: str = FeatureName.SUPERPOINT.value
+    matcher: str = MatcherName.MNN.value
 
     @property
     def ok(self) -> bool:
@@ -83,9 +88,32 @@ class RegistrationResult:
             "num_matches": len(self.matches),
             "num_inliers": self.num_inliers,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "features": self.features,
+            "matcher": self.matcher,
             "models": self.models,
             "provider": self.provider,
         }
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Keypoints of one image from one front end, as the matchers and the geometry need them.
+
+    features: keypoints in pixels of the network input, scores, descriptors (256-d SuperPoint,
+        128-d SIFT), strongest first.
+    keypoints: ``(N, 2)`` float64, the same keypoints in original pixels.
+    image_size, network_size: (width, height) of the original image and of the network input.
+    front_end: which front end found them; a matcher refuses another front end's detections.
+    """
+
+    features: Features
+    keypoints: np.ndarray
+    image_size: tuple[int, int]
+    network_size: tuple[int, int]
+    front_end: FeatureName
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
 
 
 class Registrar:
@@ -95,21 +123,39 @@ class Registrar:
                  superpoint_model: str | os.PathLike | None = None,
                  matcher_model: str | os.PathLike | None = None):
         self.config = config
+        self.front_end = FeatureName(config.features)
+        if self.front_end is FeatureName.SIFT and MatcherName(config.matcher) is not MatcherName.MNN:
+            raise InvalidConfigError(
+                f"features 'sift' cannot go with matcher '{MatcherName(config.matcher).value}': "
+                "the learned matchers were trained on SuperPoint keypoints and descriptors; "
+                "SIFT is matched by its ratio test (matcher 'mnn')")
         session_options = dict(device=config.device, threads=config.threads,
                                allow_cpu_fallback=config.allow_cpu_fallback)
-        self.superpoint = SuperPointRunner(superpoint_model or default_superpoint(),
-                                           **session_options)
+        # SIFT needs no ONNX session: a SIFT registrar loads no graph at all.
+        self.superpoint: SuperPointRunner | None = None
+        if self.front_end is FeatureName.SUPERPOINT:
+            self.superpoint = SuperPointRunner(superpoint_model or default_superpoint(),
+                                               **session_options)
         self.superglue: SuperGlueRunner | None = None
         if MatcherName(config.matcher) is MatcherName.SUPERGLUE:
             self.superglue = SuperGlueRunner(
                 matcher_model or default_matcher_graph(MatcherName.SUPERGLUE), **session_options)
-        self.models = {"superpoint": _describe(self.superpoint.model)}
+        if self.superpoint is None:
+            self.models = {"sift": dict(SIFT_DESCRIPTION)}
+        else:
+            self.models = {"superpoint": _describe(self.superpoint.model)}
         if self.superglue is not None:
             self.models["superglue"] = _describe(self.superglue.model)
 
     @property
     def provider(self) -> str:
-        return self.superpoint.model.provider
+        return "opencv" if self.superpoint is None else self.superpoint.model.provider
+
+    @property
+    def matcher_name(self) -> str:
+        if self.front_end is FeatureName.SIFT:
+            return "ratio"
+        return MatcherName(self.config.matcher).value
 
     def register(self, fixed: ImageSource, moving: ImageSource,
                  fixed_name: str | None = None, moving_name: str | None = None) -> RegistrationResult:
@@ -119,53 +165,87 @@ class Registrar:
         started = time.perf_counter()
         fixed_image = read_image(fixed, fixed_name)
         moving_image = read_image(moving, moving_name)
-        fixed_size = (fixed_image.shape[1], fixed_image.shape[0])
-        moving_size = (moving_image.shape[1], moving_image.shape[0])
-        keypoints_fixed, keypoints_moving, matches = self._correspondences(
-            fixed_image, moving_image, timings)
+        detections_fixed, detections_moving = self.detect([fixed_image, moving_image], timings)
+        with _timed(timings, "matching"):
+            matches = self.match(detections_fixed, detections_moving)
+        result = self.fit(detections_fixed, detections_moving, matches, timings=timings)
+        total_ms = (time.perf_counter() - started) * 1000.0
+        return replace(result, timings_ms={**result.timings_ms, "total": total_ms})
 
+    def detect(self, images: Sequence[np.ndarray],
+               timings: dict[str, float] | None = None) -> list[Detections]:
+        """Keypoints of each image (arrays as ``read_image`` returns them), configured front end.
+
+        Together with :meth:`match` and :meth:`fit` this is ``register`` in three public steps,
+        so a caller can reuse one image's detections for many pairs, one set of detections for
+        several matchers, or one set of matches for several transform models.
+        """
+        timings = {} if timings is None else timings
+        network_size = self.config.preprocess.size
+        if self.superpoint is None:
+            with _timed(timings, "preprocess"):
+                greys = [network_grey(image, self.config.preprocess) for image in images]
+            with _timed(timings, "sift"):
+                features = [detect_sift(grey, self.config.sift) for grey in greys]
+        else:
+            with _timed(timings, "preprocess"):
+                batch = np.stack([network_input(image, self.config.preprocess)
+                                  for image in images])
+            with _timed(timings, "superpoint"):
+                features = self.superpoint(batch)
+        detections = []
+        for image, found in zip(images, features):
+            size = (image.shape[1], image.shape[0])
+            detections.append(Detections(
+                features=found, keypoints=network_to_original(found.keypoints, size, network_size),
+                image_size=size, network_size=network_size, front_end=self.front_end))
+        return detections
+
+    def match(self, fixed: Detections, moving: Detections) -> Matches:
+        """Correspondences (index into ``fixed``, index into ``moving``) by the configured matcher."""
+        for detections in (fixed, moving):
+            if detections.front_end is not self.front_end:
+                raise InvalidConfigError(
+                    f"a {self.front_end.value} registrar cannot match "
+                    f"{detections.front_end.value} detections")
+        if self.front_end is FeatureName.SIFT:
+            return ratio_test_matches(fixed.features, moving.features, self.config.sift)
+        return self._match(fixed.features, moving.features, fixed.network_size)
+
+    def fit(self, fixed: Detections, moving: Detections, matches: Matches,
+            model: TransformModel | None = None,
+            timings: dict[str, float] | None = None) -> RegistrationResult:
+        """RANSAC, refusal and result for given correspondences.
+
+        ``model`` overrides ``config.ransac.model``, so one set of matches can be fitted with
+        each transform model.
+        """
+        timings = {} if timings is None else timings
+        ransac_config = self.config.ransac
+        if model is not None:
+            ransac_config = replace(ransac_config, model=TransformModel(model))
+        fixed_size, moving_size = fixed.image_size, moving.image_size
         with _timed(timings, "ransac"):
-            threshold = self.config.ransac.threshold * max(fixed_size) / REFERENCE_SIZE
-            fit = ransac(keypoints_moving[matches.pairs[:, 1]],
-                         keypoints_fixed[matches.pairs[:, 0]],
-                         self.config.ransac, threshold, np.random.default_rng(self.config.seed))
+            threshold = ransac_config.threshold * max(fixed_size) / REFERENCE_SIZE
+            fit = ransac(moving.keypoints[matches.pairs[:, 1]],
+                         fixed.keypoints[matches.pairs[:, 0]],
+                         ransac_config, threshold, np.random.default_rng(self.config.seed))
         status, reason, matrix = STATUS_OK, None, fit.matrix
         if fit.status != STATUS_OK:
             status, reason, matrix = STATUS_FAILED, fit.reason, None
         else:
-            refusal = implausibility(fit.matrix, self.config.ransac.model, fixed_size,
+            refusal = implausibility(fit.matrix, ransac_config.model, fixed_size,
                                      moving_size, self.config.plausibility)
             if refusal is not None:
                 status, reason, matrix = STATUS_FAILED, refusal, None
-        timings["total"] = (time.perf_counter() - started) * 1000.0
         return RegistrationResult(
-            status=status, reason=reason, transform=TransformModel(self.config.ransac.model),
+            status=status, reason=reason, transform=TransformModel(ransac_config.model),
             matrix=matrix, fixed_size=fixed_size, moving_size=moving_size,
-            keypoints_fixed=keypoints_fixed, keypoints_moving=keypoints_moving,
+            keypoints_fixed=fixed.keypoints, keypoints_moving=moving.keypoints,
             matches=matches.pairs, match_scores=matches.scores,
             inliers=np.asarray(fit.inliers, dtype=bool), timings_ms=timings,
-            models=dict(self.models), provider=self.provider)
-
-    def _correspondences(self, fixed_image: np.ndarray, moving_image: np.ndarray,
-                         timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, Matches]:
-        """Keypoints of both images in original pixels, and the matches between them.
-
-        The seam between features and geometry: everything after it (RANSAC, refusal, warp)
-        is the same whatever detector and matcher produced the correspondences.
-        """
-        network_size = self.config.preprocess.size
-        with _timed(timings, "preprocess"):
-            batch = np.stack([network_input(fixed_image, self.config.preprocess),
-                              network_input(moving_image, self.config.preprocess)])
-        with _timed(timings, "superpoint"):
-            features_fixed, features_moving = self.superpoint(batch)
-        with _timed(timings, "matching"):
-            matches = self._match(features_fixed, features_moving, network_size)
-        fixed_size = (fixed_image.shape[1], fixed_image.shape[0])
-        moving_size = (moving_image.shape[1], moving_image.shape[0])
-        return (network_to_original(features_fixed.keypoints, fixed_size, network_size),
-                network_to_original(features_moving.keypoints, moving_size, network_size),
-                matches)
+            models=dict(self.models), provider=self.provider, features=self.front_end.value,
+            matcher=self.matcher_name)
 
     def warp(self, moving: ImageSource, result: RegistrationResult) -> np.ndarray:
         """The moving image in the fixed frame; refuses a failed registration."""
