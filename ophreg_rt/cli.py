@@ -16,7 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Device, MatcherName, PreprocessMode, RegistrarConfig, TransformModel
+from .config import (Device, FeatureName, MatcherName, PreprocessMode, RegistrarConfig,
+                     TransformModel)
 from .errors import OphregError
 from .imageio import check_writable, read_image, write_bytes_atomic, write_image
 from .registrar import Registrar
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_registration_options(reg)
     reg.add_argument("--force", action="store_true", help="overwrite existing output files")
     reg.set_defaults(handler=register_command)
+    from .evaluation.cli import add_commands as add_evaluation_commands  # imports this module
+    add_evaluation_commands(commands)
     from .cohort.cli import add_commands as add_cohort_commands  # imports this module
     add_cohort_commands(commands)
     return parser
@@ -64,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_registration_options(parser: argparse.ArgumentParser) -> None:
     """The options every command that registers takes; read back by registration_config."""
     defaults = RegistrarConfig()
+    parser.add_argument("--features", choices=[f.value for f in FeatureName],
+                        default=defaults.features.value,
+                        help="superpoint: the ONNX graph; sift: OpenCV SIFT with Lowe's ratio "
+                             "test, no graph, only with --matcher mnn (default: %(default)s)")
     parser.add_argument("--matcher", choices=[m.value for m in MatcherName],
                         default=defaults.matcher.value,
                         help="mnn: mutual nearest neighbour (NumPy); superglue: needs a graph "
@@ -98,7 +105,8 @@ def registration_config(args: argparse.Namespace) -> RegistrarConfig:
         raise OphregError(f"--threshold {args.threshold}: must be positive")
     return replace(
         defaults,
-        matcher=MatcherName(args.matcher), device=Device(args.device),
+        features=FeatureName(args.features), matcher=MatcherName(args.matcher),
+        device=Device(args.device),
         allow_cpu_fallback=args.allow_cpu_fallback, threads=args.threads, seed=args.seed,
         preprocess=replace(defaults.preprocess, size=(args.size, args.size),
                            mode=PreprocessMode(args.preprocess)),
