@@ -154,6 +154,23 @@ def test_the_table_names_every_pair_and_the_summary(evaluated, run, capsys, tmp_
     assert "mAUC 1.000" in printed  # S01 alone, well within 1 px
 
 
+def test_registration_options_reach_the_registrar(evaluated, tmp_path):
+    root, _ = evaluated
+    shutil.copytree(root, tmp_path / "one")
+    for name in ("A01", "A02", "P01", "S02"):
+        (tmp_path / "one" / "Ground Truth" / f"control_points_{name}_1_2.txt").unlink()
+    report = tmp_path / "sift.json"
+    assert main(["evaluate", "fire", str(tmp_path / "one"), "--features", "sift",
+                 "--transform", "similarity", "--preprocess", "grey", "--size", "384",
+                 "--threshold", "3", "--seed", "7", "--out", str(report)]) == EXIT_OK
+    document = json.loads(report.read_text())
+    config = document["config"]
+    assert (config["features"], config["ransac"]["model"], config["preprocess"]["mode"],
+            config["preprocess"]["size"], config["ransac"]["threshold"], config["seed"]) == (
+        "sift", "similarity", "grey", [384, 384], 3.0, 7)
+    assert "sift" in document["models"] and "superpoint" not in document["models"]
+
+
 def test_an_existing_report_is_kept_without_force(evaluated, run, capsys):
     root, report = evaluated
     before = report.read_bytes()
