@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..cli import EXIT_OK, add_registration_options, registration_config
+from ..config import RegistrarConfig
 from ..errors import OphregError
 from ..imageio import check_writable, write_bytes_atomic
 from ..registrar import Registrar
@@ -90,8 +91,9 @@ def points_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _evaluate(args: argparse.Namespace, config, pairs: list[runner.Pair], groups: list[str],
-              auc_limit: int, dataset: str, source: Path, notes: dict) -> None:
+def _evaluate(args: argparse.Namespace, config: RegistrarConfig, pairs: list[runner.Pair],
+              groups: list[str], auc_limit: int, dataset: str, source: Path,
+              notes: dict) -> None:
     if args.out:
         # Refuse before any work: an evaluation can take an hour.
         check_writable([args.out], args.force)
