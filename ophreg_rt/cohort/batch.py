@@ -15,6 +15,7 @@ process. Ray's engine (``ray_engine``) has the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -36,6 +37,9 @@ RESULTS_FILE = "results.jsonl"
 #: The registration options of the batch's first run; a resumed run must ask for the same.
 OPTIONS_FILE = "options.json"
 STATUS_ERROR = "error"  # the pair could not be attempted (unreadable image, unexpected error)
+#: Key of what a worker sends instead of a result when it could not load its models: the whole
+#: batch stops (exit 2) rather than filling the results with one error line per pair.
+WORKER_FAILED = "worker_failed"
 
 Engine = Callable[["WorkerSpec", list[Pair], int], Iterator[dict]]
 
@@ -71,15 +75,26 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 class PairRegistrar:
-    """One worker's state: a Registrar loaded once, then called for many pairs."""
+    """One worker's state: a Registrar loaded once, then called for many pairs.
+
+    A worker that cannot load its models answers every pair with ``{WORKER_FAILED: message}``
+    instead of raising: a multiprocessing pool would respawn a worker whose start-up raises,
+    forever, and a Ray actor's start-up error arrives wrapped in Ray's traceback.
+    """
 
     def __init__(self, spec: WorkerSpec):
         from ..registrar import Registrar  # heavy: loads onnxruntime and the graphs
 
-        self.registrar = Registrar(spec.config, superpoint_model=spec.superpoint,
-                                   matcher_model=spec.superglue)
+        self.registrar, self.start_error = None, None
+        try:
+            self.registrar = Registrar(spec.config, superpoint_model=spec.superpoint,
+                                       matcher_model=spec.superglue)
+        except OphregError as exc:
+            self.start_error = str(exc)
 
     def __call__(self, pair: Pair) -> dict:
+        if self.registrar is None:
+            return {WORKER_FAILED: self.start_error}
         started = time.perf_counter()
         try:
             result = self.registrar.register(pair.fixed_path, pair.moving_path)
@@ -273,10 +288,14 @@ def run_batch(pairs: list[Pair], out_dir: Path, spec: WorkerSpec, workers: int,
     started = time.monotonic()
     if todo:
         progress = Progress(len(pairs), len(done), progress_stream)
-        for record in engine(spec, todo, min(workers, len(todo))):
-            log.append(record)
-            done[record["pair_id"]] = record
-            progress.update(record)
+        # closing: an error or Ctrl-C here must stop the engine's workers at once
+        with contextlib.closing(engine(spec, todo, min(workers, len(todo)))) as results:
+            for record in results:
+                if WORKER_FAILED in record:
+                    raise OphregError(f"a worker could not start: {record[WORKER_FAILED]}")
+                log.append(record)
+                done[record["pair_id"]] = record
+                progress.update(record)
     ordered = [done[pair.pair_id] for pair in pairs]
     return BatchOutcome(ordered, len(todo), time.monotonic() - started)
 

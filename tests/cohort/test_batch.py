@@ -176,6 +176,26 @@ def test_a_killed_batch_resumes_to_exactly_one_result_per_pair(cohort, tmp_path)
     assert f"({finished_before} already done)" in rerun.stderr
 
 
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(few_pairs, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ophreg_rt.cli", "batch", str(few_pairs),
+               "--out-dir", str(out), "--workers", "2", *OPTIONS]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "run the same command again" in err, err
+    assert "Traceback" not in err
+    rerun = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode in (EXIT_OK, EXIT_FAILED), rerun.stderr
+    assert read_results(out).keys() == {p.pair_id for p in read_pairs(few_pairs)}
+
+
 def test_two_worker_processes_give_the_results_of_one(few_pairs, one_worker_results, tmp_path):
     main(["batch", str(few_pairs), "--out-dir", str(tmp_path), "--workers", "2", *OPTIONS])
     same_results(one_worker_results, read_results(tmp_path))
@@ -190,6 +210,19 @@ def test_a_resume_with_other_options_is_refused(few_pairs, tmp_path, capsys):
     assert main(["batch", str(one_pair), "--out-dir", str(out), "--size", "320"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "other registration options" in err and "size" in err
+
+
+def test_workers_that_cannot_load_their_model_stop_the_batch_with_one_line(few_pairs, tmp_path):
+    not_a_graph = tmp_path / "superpoint.onnx"
+    not_a_graph.write_bytes(b"not an onnx graph")
+    run = subprocess.run([sys.executable, "-m", "ophreg_rt.cli", "batch", str(few_pairs),
+                          "--out-dir", str(tmp_path / "out"), "--workers", "2",
+                          "--superpoint", str(not_a_graph), *OPTIONS],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert "a worker could not start" in run.stderr and str(not_a_graph) in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
 def test_threads_per_worker_never_oversubscribe_the_cores():
