@@ -9,8 +9,8 @@ Torch-free: it needs only numpy, opencv and onnxruntime.
         warped = registrar.warp("moving.jpg", result)   # moving image in the fixed frame
 """
 
-from .config import (Device, MatcherName, PlausibilityConfig, PreprocessConfig, PreprocessMode,
-                     RansacConfig, RegistrarConfig, TransformModel)
+from .config import (Device, FeatureName, MatcherName, PlausibilityConfig, PreprocessConfig,
+                     PreprocessMode, RansacConfig, RegistrarConfig, SiftConfig, TransformModel)
 from .errors import (ContractMismatchError, ImageReadError, ModelError, OphregError,
                      OutputExistsError, ProviderUnavailableError, RegistrationFailedError)
 
@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Registrar", "RegistrationResult", "RegistrarConfig", "PreprocessConfig", "PreprocessMode",
-    "RansacConfig", "PlausibilityConfig", "TransformModel", "MatcherName", "Device",
+    "RansacConfig", "PlausibilityConfig", "TransformModel", "MatcherName", "FeatureName",
+    "SiftConfig", "Device",
     "OphregError", "ImageReadError", "ModelError", "ContractMismatchError",
     "ProviderUnavailableError", "RegistrationFailedError", "OutputExistsError",
 ]
