@@ -9,7 +9,7 @@ per image with a boolean ``mask`` (see DESIGN.md, "Keypoint padding"):
 * slots are sorted by score, best first, so the valid slots of an image are its first
   ``mask.sum()`` slots;
 * padded slots have ``mask`` False, keypoint ``(-1, -1)``, score 0 and an all-zero descriptor;
-* the SuperGlue graph takes the masks as inputs and never matches a padded slot.
+* the SuperGlue and LightGlue graphs take the masks as inputs and never match a padded slot.
 """
 
 from __future__ import annotations
@@ -128,6 +128,67 @@ SUPERGLUE_OUTPUTS = (
 )
 
 
+class LightGlueIO:
+    """Names of the LightGlue graph's tensors: SuperGlue's, less the detector scores."""
+
+    KEYPOINTS = SuperGlueIO.KEYPOINTS
+    DESCRIPTORS = SuperGlueIO.DESCRIPTORS
+    MASK = SuperGlueIO.MASK
+    IMAGE_SIZE = SuperGlueIO.IMAGE_SIZE
+    MATCHES = SuperGlueIO.MATCHES
+    MATCHING_SCORES = SuperGlueIO.MATCHING_SCORES
+    LOG_ASSIGNMENT = SuperGlueIO.LOG_ASSIGNMENT
+
+
+#: LightGlue does not read detector scores; otherwise its inputs are SuperGlue's, same order.
+LIGHTGLUE_INPUTS = tuple(spec for spec in SUPERGLUE_INPUTS
+                         if spec.name not in SuperGlueIO.SCORES)
+LIGHTGLUE_OUTPUTS = SUPERGLUE_OUTPUTS[:4] + (
+    TensorSpec(LightGlueIO.LOG_ASSIGNMENT, "float32",
+               (BATCH, "num_keypoints0+1", "num_keypoints1+1"),
+               "log double-softmax assignment plus log-matchability; last row and column: "
+               "log(1 - matchability) of each keypoint (the 'unmatched' entries)"),
+)
+
+
+class PipelineIO:
+    """Names of the one-graph SuperPoint + matcher pipeline (for single-file deployments).
+
+    Matches come in ``max_keypoints`` fixed slots, best matching score first; the valid ones
+    are the first ``match_mask.sum()`` slots, padded slots hold (-1, -1), score 0, index -1.
+    """
+
+    IMAGES = ("image0", "image1")
+    MATCHED_KEYPOINTS = ("matched_keypoints0", "matched_keypoints1")
+    MATCH_SCORES = "match_scores"
+    MATCH_MASK = "match_mask"
+    MATCH_INDICES = ("match_indices0", "match_indices1")
+    NUM_KEYPOINTS = "num_keypoints"
+
+
+PIPELINE_INPUTS = (
+    TensorSpec(PipelineIO.IMAGES[0], "float32", (1, 1, "height0", "width0"),
+               "fixed image, grey in [0, 1]; height and width multiples of 8"),
+    TensorSpec(PipelineIO.IMAGES[1], "float32", (1, 1, "height1", "width1"),
+               "moving image, grey in [0, 1]; height and width multiples of 8"),
+)
+PIPELINE_OUTPUTS = (
+    TensorSpec(PipelineIO.MATCHED_KEYPOINTS[0], "float32", (1, MAX_KEYPOINTS, 2),
+               "(x, y) pixels of image0 of each match; (-1, -1) in padded slots"),
+    TensorSpec(PipelineIO.MATCHED_KEYPOINTS[1], "float32", (1, MAX_KEYPOINTS, 2),
+               "(x, y) pixels of image1 of each match; (-1, -1) in padded slots"),
+    TensorSpec(PipelineIO.MATCH_SCORES, "float32", (1, MAX_KEYPOINTS),
+               "matcher confidence, descending; 0 in padded slots"),
+    TensorSpec(PipelineIO.MATCH_MASK, "bool", (1, MAX_KEYPOINTS), "True for a real match"),
+    TensorSpec(PipelineIO.MATCH_INDICES[0], "int64", (1, MAX_KEYPOINTS),
+               "slot of the match in image0's SuperPoint output; -1 in padded slots"),
+    TensorSpec(PipelineIO.MATCH_INDICES[1], "int64", (1, MAX_KEYPOINTS),
+               "slot of the match in image1's SuperPoint output; -1 in padded slots"),
+    TensorSpec(PipelineIO.NUM_KEYPOINTS, "int64", (1, 2),
+               "keypoints SuperPoint found in image0 and image1"),
+)
+
+
 class MetaKey:
     """Names (without the ``ophreg.`` prefix) of the export settings every graph records."""
 
@@ -143,12 +204,24 @@ class MetaKey:
     MAX_KEYPOINTS = "max_keypoints"
     # SuperGlue
     SINKHORN_ITERATIONS = "sinkhorn_iterations"
+    SINKHORN_DOMAIN = "sinkhorn_domain"  # recorded, not required: both domains meet the contract
     MATCH_THRESHOLD = "match_threshold"
+    # LightGlue
+    FILTER_THRESHOLD = "filter_threshold"
+    NUM_LAYERS = "num_layers"  # transformer layers run; all of them (no adaptive early exit)
+    # Pipeline (SuperPoint + matcher in one graph)
+    MATCHER = "matcher"
+    # Quantised graphs (recorded, not required: a float graph has none of them)
+    PRECISION = "precision"  # "int8-qdq" for export/quantize.py's SuperPoint
+    CALIBRATION = "calibration"  # the images, preprocessing and method that set the ranges
+    SOURCE_GRAPH_SHA256 = "source_graph_sha256"  # the float graph that was quantised
 
 
 class ModelKind:
     SUPERPOINT = "superpoint"
     SUPERGLUE = "superglue"
+    LIGHTGLUE = "lightglue"
+    PIPELINE = "pipeline"
 
 
 _COMMON_KEYS = {
@@ -172,6 +245,17 @@ REQUIRED_METADATA: Mapping[str, Mapping[str, type]] = {
         **_COMMON_KEYS,
         MetaKey.SINKHORN_ITERATIONS: int,
         MetaKey.MATCH_THRESHOLD: float,
+    },
+    ModelKind.LIGHTGLUE: {
+        **_COMMON_KEYS,
+        MetaKey.FILTER_THRESHOLD: float,
+        MetaKey.NUM_LAYERS: int,
+    },
+    ModelKind.PIPELINE: {
+        **_COMMON_KEYS,
+        MetaKey.MATCHER: str,
+        MetaKey.MAX_KEYPOINTS: int,
+        MetaKey.FILTER_THRESHOLD: float,
     },
 }
 
