@@ -73,7 +73,8 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
                              "test, no graph, only with --matcher mnn (default: %(default)s)")
     parser.add_argument("--matcher", choices=[m.value for m in MatcherName],
                         default=defaults.matcher.value,
-                        help="mnn: mutual nearest neighbour (NumPy); superglue: needs a graph "
+                        help="mnn: mutual nearest neighbour (NumPy); lightglue: the shipped "
+                             "LightGlue graph (or --lightglue); superglue: needs a graph "
                              "exported from trained weights (--superglue) (default: %(default)s)")
     parser.add_argument("--device", choices=[d.value for d in Device],
                         default=defaults.device.value)
@@ -92,6 +93,14 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="RANSAC seed")
     parser.add_argument("--superpoint", type=Path, help="SuperPoint graph (default: models/)")
     parser.add_argument("--superglue", type=Path, help="SuperGlue graph (default: models/)")
+    parser.add_argument("--lightglue", type=Path, help="LightGlue graph (default: models/)")
+
+
+def matcher_graph_option(args: argparse.Namespace) -> Path | None:
+    """The graph file the command line names for the chosen matcher (None: the default)."""
+    if MatcherName(args.matcher) is MatcherName.LIGHTGLUE:
+        return args.lightglue
+    return args.superglue
 
 
 def registration_config(args: argparse.Namespace) -> RegistrarConfig:
@@ -122,7 +131,8 @@ def register_command(args: argparse.Namespace) -> int:
     check_writable(targets, args.force)
     fixed = read_image(args.fixed)
     moving = read_image(args.moving)
-    registrar = Registrar(config, superpoint_model=args.superpoint, matcher_model=args.superglue)
+    registrar = Registrar(config, superpoint_model=args.superpoint,
+                          matcher_model=matcher_graph_option(args))
     result = registrar.register(fixed, moving, fixed_name=str(args.fixed),
                                 moving_name=str(args.moving))
     if outputs:

@@ -1,4 +1,4 @@
-"""Matchers: mutual nearest neighbours in NumPy, and SuperGlue through onnxruntime."""
+"""Matchers: mutual nearest neighbours in NumPy; SuperGlue and LightGlue through onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import Device, MnnConfig
-from .contract import SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, ModelKind, SuperGlueIO
+from .contract import (LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS,
+                       LightGlueIO, MetaKey, ModelKind, SuperGlueIO)
 from .features import Features
 from .sessions import LoadedModel, load_model
 
@@ -19,7 +20,7 @@ class Matches:
 
     pairs: ``(M, 2)`` int64, row = (index into features0, index into features1).
     scores: ``(M,)`` float32 confidence (cosine similarity for MNN, assignment probability for
-    SuperGlue).
+    SuperGlue and LightGlue).
     """
 
     pairs: np.ndarray
@@ -72,6 +73,38 @@ class SuperGlueRunner:
             feeds[SuperGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
             feeds[SuperGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
             feeds[SuperGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
+        matches0, scores0 = self.model.session.run(self._outputs, feeds)
+        index0 = np.flatnonzero(matches0[0] >= 0)
+        pairs = np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64)
+        return Matches(pairs=pairs, scores=scores0[0, index0].astype(np.float32))
+
+
+class LightGlueRunner:
+    """Runs an exported LightGlue graph (all layers, mutual check and filter threshold in-graph).
+
+    Same call as :class:`SuperGlueRunner`; the detector scores are not an input of LightGlue.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: Device = Device.CPU,
+                 threads: int | None = None, allow_cpu_fallback: bool = False):
+        self.model: LoadedModel = load_model(
+            model_path, ModelKind.LIGHTGLUE, LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS,
+            device=device, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
+        self.filter_threshold = float(self.model.metadata[MetaKey.FILTER_THRESHOLD])
+        self._outputs = [LightGlueIO.MATCHES[0], LightGlueIO.MATCHING_SCORES[0]]
+
+    def __call__(self, features0: Features, features1: Features,
+                 network_size0: tuple[int, int], network_size1: tuple[int, int]) -> Matches:
+        """``network_size``: (width, height) of the image each detector saw."""
+        if len(features0) == 0 or len(features1) == 0:
+            return _no_matches()
+        feeds = {}
+        for i, (features, size) in enumerate(((features0, network_size0),
+                                              (features1, network_size1))):
+            feeds[LightGlueIO.KEYPOINTS[i]] = features.keypoints[None].astype(np.float32)
+            feeds[LightGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
+            feeds[LightGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
+            feeds[LightGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
         matches0, scores0 = self.model.session.run(self._outputs, feeds)
         index0 = np.flatnonzero(matches0[0] >= 0)
         pairs = np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64)

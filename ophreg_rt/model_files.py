@@ -14,6 +14,8 @@ SUPERPOINT_FILE = "superpoint.onnx"
 #: Not shipped: SuperGlue's trained weights are not redistributable here; a user exports their
 #: own checkpoint to this name (``python -m export superglue --weights ...``).
 SUPERGLUE_FILE = "superglue.onnx"
+#: Shipped: LightGlue's published SuperPoint weights (models/README.md for the licence).
+LIGHTGLUE_FILE = "lightglue.onnx"
 
 
 def models_dir() -> Path:
@@ -40,4 +42,6 @@ def default_matcher_graph(matcher: MatcherName) -> Path | None:
     """The graph a matcher needs, or None for matchers computed in NumPy."""
     if MatcherName(matcher) is MatcherName.SUPERGLUE:
         return models_dir() / SUPERGLUE_FILE
+    if MatcherName(matcher) is MatcherName.LIGHTGLUE:
+        return models_dir() / LIGHTGLUE_FILE
     return None

@@ -14,7 +14,7 @@ from .config import REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig, T
 from .errors import InvalidConfigError, RegistrationFailedError
 from .features import Features, SuperPointRunner
 from .imageio import ImageSource, read_image
-from .matching import Matches, SuperGlueRunner, mutual_nearest_neighbours
+from .matching import LightGlueRunner, Matches, SuperGlueRunner, mutual_nearest_neighbours
 from .model_files import default_matcher_graph, default_superpoint
 from .preprocess import network_grey, network_input, network_to_original
 from .ransac import STATUS_FAILED, STATUS_OK, ransac
@@ -137,15 +137,21 @@ class Registrar:
             self.superpoint = SuperPointRunner(superpoint_model or default_superpoint(),
                                                **session_options)
         self.superglue: SuperGlueRunner | None = None
+        self.lightglue: LightGlueRunner | None = None
         if MatcherName(config.matcher) is MatcherName.SUPERGLUE:
             self.superglue = SuperGlueRunner(
                 matcher_model or default_matcher_graph(MatcherName.SUPERGLUE), **session_options)
+        elif MatcherName(config.matcher) is MatcherName.LIGHTGLUE:
+            self.lightglue = LightGlueRunner(
+                matcher_model or default_matcher_graph(MatcherName.LIGHTGLUE), **session_options)
         if self.superpoint is None:
             self.models = {"sift": dict(SIFT_DESCRIPTION)}
         else:
             self.models = {"superpoint": _describe(self.superpoint.model)}
         if self.superglue is not None:
             self.models["superglue"] = _describe(self.superglue.model)
+        if self.lightglue is not None:
+            self.models["lightglue"] = _describe(self.lightglue.model)
 
     @property
     def provider(self) -> str:
@@ -257,6 +263,8 @@ class Registrar:
                network_size: tuple[int, int]) -> Matches:
         if self.superglue is not None:
             return self.superglue(features_fixed, features_moving, network_size, network_size)
+        if self.lightglue is not None:
+            return self.lightglue(features_fixed, features_moving, network_size, network_size)
         return mutual_nearest_neighbours(features_fixed, features_moving, self.config.mnn)
 
 
