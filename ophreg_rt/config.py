@@ -21,6 +21,32 @@ class SuperPointSettings:
     max_keypoints: int = 1024
 
 
+class QuantizedActivations(str, Enum):
+    UINT8 = "uint8"  # u8 activations x s8 weights: MLAS's fast path on x86 (AVX2 and VNNI)
+    INT8 = "int8"
+
+
+class CalibrationMethodName(str, Enum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """Static INT8 (QDQ) quantisation of the SuperPoint graph (export/quantize.py).
+
+    The values benchmarks/int8.py measured best on this project's fundus images.
+    """
+
+    activations: QuantizedActivations = QuantizedActivations.UINT8
+    per_channel: bool = True  # one weight scale per output channel
+    reduce_range: bool = False  # 7-bit weights: only needed on CPUs without VNNI
+    calibration: CalibrationMethodName = CalibrationMethodName.MINMAX
+    percentile: float = 99.999  # used by CalibrationMethodName.PERCENTILE only
+    ort_preprocess: bool = False  # onnxruntime's quant_pre_process before quantising
+
+
 @dataclass(frozen=True)
 class SuperGlueSettings:
     """Matcher settings baked into the SuperGlue graph (Sarlin et al. 2020; the method's values)."""
