@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli import EXIT_FAILED, EXIT_OK, add_registration_options, registration_config
 from ..imageio import check_writable, write_bytes_atomic
 from .batch import RESULTS_FILE, WorkerSpec, local_engine, run_batch, summary_table
-from .manifest import COLUMNS
+from .manifest import COLUMNS, read_manifest
 from .pairing import (
     ACROSS_DATES,
     SAME_DATE,
@@ -54,8 +54,6 @@ def add_commands(commands) -> None:
 
 
 def pairs_command(args: argparse.Namespace) -> int:
-    from .manifest import read_manifest
-
     if args.out:
         check_writable([args.out], args.force)
     pairing = pair_images(read_manifest(args.manifest))
@@ -83,7 +81,9 @@ def batch_command(args: argparse.Namespace) -> int:
         from .ray_engine import ray_engine
 
         engine = ray_engine
-    spec = WorkerSpec(config, args.superpoint, args.superglue)
+    # Absolute: Ray actors do not run in this folder.
+    spec = WorkerSpec(config, *(path and path.absolute() for path in (args.superpoint,
+                                                                      args.superglue)))
     try:
         outcome = run_batch(pairs, args.out_dir, spec, args.workers, engine)
     except KeyboardInterrupt:
@@ -92,7 +92,7 @@ def batch_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(summary_table(outcome.records))
     rate = f", {outcome.new / outcome.wall_s:.2f} pairs/s" if outcome.new else ""
-    print(f"{outcome.new} pairs registered by this run in {outcome.wall_s:.1f} s{rate} "
+    print(f"{outcome.new} pairs processed by this run in {outcome.wall_s:.1f} s{rate} "
           f"({len(pairs) - outcome.new} already done); results: {args.out_dir / RESULTS_FILE}",
           file=sys.stderr)
     all_registered = all(record.get("status") == "ok" for record in outcome.records)

@@ -147,6 +147,7 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
                                 f"on line {line_of[row['pair_id']]}")
         line_of[row["pair_id"]] = line
         fixed, moving = (Path(row[c]) for c in ("fixed_path", "moving_path"))
-        pairs.append(Pair(row["pair_id"], fixed if fixed.is_absolute() else path.parent / fixed,
-                          moving if moving.is_absolute() else path.parent / moving, row))
+        # Absolute: workers (Ray actors) need not run in this folder.
+        pairs.append(Pair(row["pair_id"], (path.parent / fixed).absolute(),
+                          (path.parent / moving).absolute(), row))
     return pairs

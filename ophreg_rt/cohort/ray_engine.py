@@ -30,6 +30,7 @@ EXTRA = "cluster"
 def _import_ray():
     try:
         import ray
+        import ray.exceptions
         from ray.util import ActorPool
     except ImportError:
         raise OphregError(f"--engine ray needs Ray, which is not installed: "
@@ -61,7 +62,10 @@ def ray_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[di
     if started_here:
         # A local cluster unless RAY_ADDRESS names one; never report usage over the network.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise OphregError(f"cannot start or reach a Ray cluster: {exc}") from None
     threads = spec.config.threads or actor_threads(ray, workers)
     spec = replace(spec, config=replace(spec.config, threads=threads))
     actor_class = ray.remote(num_cpus=threads)(_PairActor)
@@ -69,6 +73,10 @@ def ray_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[di
     try:
         yield from ActorPool(actors).map_unordered(
             lambda actor, pair: actor.register.remote(pair), pairs)
+    except ray.exceptions.RayError as exc:  # e.g. a node lost: the finished pairs are kept
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OphregError(f"the Ray cluster failed ({first_line}); run the same command again "
+                          "to resume") from None
     finally:
         for actor in actors:
             ray.kill(actor)

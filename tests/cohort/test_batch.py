@@ -172,7 +172,7 @@ def test_a_killed_batch_resumes_to_exactly_one_result_per_pair(cohort, tmp_path)
     assert len(lines) == total
     assert {json.loads(line)["pair_id"] for line in lines} == {p.pair_id for p in
                                                                 read_pairs(pairs_file)}
-    assert f"{total - finished_before} pairs registered by this run" in rerun.stderr
+    assert f"{total - finished_before} pairs processed by this run" in rerun.stderr
     assert f"({finished_before} already done)" in rerun.stderr
 
 
