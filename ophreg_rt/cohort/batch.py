@@ -50,7 +50,7 @@ class WorkerSpec:
 
     config: RegistrarConfig
     superpoint: Path | None = None
-    superglue: Path | None = None
+    matcher_model: Path | None = None  # the learned matcher's graph, None: the default
 
     def options(self) -> dict:
         """The settings that decide the results; threads and CPU fall-back do not."""
@@ -58,7 +58,7 @@ class WorkerSpec:
         settings.pop("threads"), settings.pop("allow_cpu_fallback")
         return json.loads(json.dumps({"config": settings,
                                       "superpoint": str(self.superpoint or ""),
-                                      "superglue": str(self.superglue or "")}))
+                                      "matcher_model": str(self.matcher_model or "")}))
 
 
 def available_cores() -> int:
@@ -88,7 +88,7 @@ class PairRegistrar:
         self.registrar, self.start_error = None, None
         try:
             self.registrar = Registrar(spec.config, superpoint_model=spec.superpoint,
-                                       matcher_model=spec.superglue)
+                                       matcher_model=spec.matcher_model)
         except OphregError as exc:
             self.start_error = str(exc)
 

@@ -7,7 +7,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..cli import EXIT_FAILED, EXIT_OK, add_registration_options, registration_config
+from ..cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_registration_options,
+    matcher_graph_option,
+    registration_config,
+)
 from ..imageio import check_writable, write_bytes_atomic
 from .batch import RESULTS_FILE, WorkerSpec, local_engine, run_batch, summary_table
 from .manifest import COLUMNS, read_manifest
@@ -82,8 +88,8 @@ def batch_command(args: argparse.Namespace) -> int:
 
         engine = ray_engine
     # Absolute: Ray actors do not run in this folder.
-    spec = WorkerSpec(config, *(path and path.absolute() for path in (args.superpoint,
-                                                                      args.superglue)))
+    spec = WorkerSpec(config, *(path and path.absolute()
+                                for path in (args.superpoint, matcher_graph_option(args))))
     try:
         outcome = run_batch(pairs, args.out_dir, spec, args.workers, engine)
     except KeyboardInterrupt:

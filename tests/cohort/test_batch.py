@@ -212,12 +212,15 @@ def test_a_resume_with_other_options_is_refused(few_pairs, tmp_path, capsys):
     assert "other registration options" in err and "size" in err
 
 
-def test_workers_that_cannot_load_their_model_stop_the_batch_with_one_line(few_pairs, tmp_path):
-    not_a_graph = tmp_path / "superpoint.onnx"
+@pytest.mark.parametrize("graph_option", [["--superpoint"], ["--matcher", "lightglue",
+                                                               "--lightglue"]])
+def test_workers_that_cannot_load_their_model_stop_the_batch_with_one_line(few_pairs, tmp_path,
+                                                                           graph_option):
+    not_a_graph = tmp_path / "graph.onnx"
     not_a_graph.write_bytes(b"not an onnx graph")
     run = subprocess.run([sys.executable, "-m", "ophreg_rt.cli", "batch", str(few_pairs),
                           "--out-dir", str(tmp_path / "out"), "--workers", "2",
-                          "--superpoint", str(not_a_graph), *OPTIONS],
+                          *graph_option, str(not_a_graph), *OPTIONS],
                          check=False, capture_output=True, text=True, timeout=120)
     assert run.returncode == EXIT_USAGE, run.stderr
     assert "a worker could not start" in run.stderr and str(not_a_graph) in run.stderr
