@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,17 @@ def test_a_pairs_file_with_a_repeated_id_is_refused(tmp_path):
     path.write_text("pair_id,fixed_path,moving_path\nx,a.png,b.png\nx,a.png,c.png\n")
     with pytest.raises(ManifestError, match="line 3: pair_id x is already used on line 2"):
         read_pairs(path)
+
+
+def test_cohort_modules_import_without_torch_onnx_or_ray():
+    code = ("import sys\n"
+            "for name in ('torch', 'onnx', 'ray'):\n"
+            "    sys.modules[name] = None\n"
+            "import ophreg_rt.cohort.cli, ophreg_rt.cohort.batch, ophreg_rt.cohort.ray_engine\n"
+            "from ophreg_rt.cli import build_parser\n"
+            "build_parser()\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
