@@ -54,11 +54,13 @@ class WorkerSpec:
 
     def options(self) -> dict:
         """The settings that decide the results; threads and CPU fall-back do not."""
-        settings = asdict(replace(self.config, threads=None, allow_cpu_fallback=False))
+        settings = asdict(self.config)
         settings.pop("threads"), settings.pop("allow_cpu_fallback")
+        # Through JSON and back: compared with what options.json holds, tuples become lists.
         return json.loads(json.dumps({"config": settings,
                                       "superpoint": str(self.superpoint or ""),
-                                      "matcher_model": str(self.matcher_model or "")}))
+                                      "matcher_model": str(self.matcher_model or "")},
+                                     default=str))
 
 
 def available_cores() -> int:
