@@ -42,7 +42,7 @@ import onnx
 import torch
 from torch import nn
 
-from ophreg_rt.config import SuperGlueSettings
+from ophreg_rt.config import SinkhornDomain, SuperGlueSettings
 from ophreg_rt.contract import (
     BATCH, NUM_KEYPOINTS0, NUM_KEYPOINTS1, OPSET, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, MetaKey,
     ModelKind, SuperGlueIO,
@@ -192,9 +192,68 @@ def _sinkhorn_potentials(couplings: torch.Tensor, log_mu: torch.Tensor, log_nu: 
     return u, v
 
 
+#: Iterations between two absorptions of the scaling factors into the kernel (see below).
+SCALING_BLOCK = 10
+
+
+def _scaling_blocks(iterations: int) -> list[int]:
+    """Block lengths: one iteration alone first (it makes the largest move), then SCALING_BLOCK."""
+    blocks = [min(iterations, 1)] if iterations else []
+    left = iterations - sum(blocks)
+    while left > 0:
+        blocks.append(min(SCALING_BLOCK, left))
+        left -= blocks[-1]
+    return blocks
+
+
+def _sinkhorn_scaling(couplings: torch.Tensor, log_mu: torch.Tensor, log_nu: torch.Tensor,
+                      iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iterations of ``_sinkhorn_potentials`` on exp(potentials), with absorption.
+
+    Same u, v as the log-space iterations (returned in log). Within a block, the kernel
+    K = exp(couplings + v0 - r) (v0: column potentials at the block's start, r: each row's
+    maximum of couplings + v0, so every row of K holds a 1) is fixed and an iteration is two
+    matrix-vector products: U' = mu / (K V'), V' = nu / (K^T U'), with U' = exp(u + r) and
+    V' = exp(v - v0). Between blocks the factors are absorbed into v0 and K is recomputed, so
+    they never stray far from 1 and cannot overflow float32 (the "stabilised scaling" of
+    Schmitzer, SIAM J. Sci. Comput. 2019). A block costs one exp of the matrix; the log-space form
+    costs two per iteration. The clamps only guard rows and columns with no mass (padded), whose
+    mu or nu is 0 too.
+    """
+    mu, nu = log_mu.exp(), log_nu.exp()
+    tiny = torch.finfo(couplings.dtype).tiny
+
+    v = torch.zeros_like(log_nu)
+    u = torch.zeros_like(log_mu)
+    for block in _scaling_blocks(iterations):
+        shifted = couplings + v[:, None, :]
+        row_max = shifted.amax(dim=2, keepdim=True)
+        kernel = (shifted - row_max).exp()
+
+        def keep_going(step, scaled_u, scaled_v, block=block):
+            return step < block
+
+        def step_once(step, scaled_u, scaled_v, kernel=kernel):
+            scaled_u = mu / (kernel @ scaled_v[:, :, None])[:, :, 0].clamp(min=tiny)
+            scaled_v = nu / (scaled_u[:, None, :] @ kernel)[:, 0, :].clamp(min=tiny)
+            return step + 1, scaled_u, scaled_v
+
+        state = (torch.zeros((), dtype=torch.int64), torch.ones_like(mu), torch.ones_like(nu))
+        if torch.compiler.is_exporting():
+            _, scaled_u, scaled_v = torch.while_loop(keep_going, step_once, state)
+        else:
+            while keep_going(*state):
+                state = step_once(*state)
+            _, scaled_u, scaled_v = state
+        u = scaled_u.clamp(min=tiny).log() - row_max[:, :, 0]
+        v = v + scaled_v.clamp(min=tiny).log()
+    return u, v
+
+
 def log_optimal_transport(scores: torch.Tensor, bin_score: torch.Tensor, iterations: int,
                           mask0: torch.Tensor | None = None,
-                          mask1: torch.Tensor | None = None) -> torch.Tensor:
+                          mask1: torch.Tensor | None = None,
+                          domain: SinkhornDomain = SinkhornDomain.LOG) -> torch.Tensor:
     """Entropic optimal transport with a dustbin, in log space (paper section 3.2, eq. 7-8).
 
     ``scores`` [B, M, N]. Each of the m valid rows carries mass 1, the dustbin row n, each of the
@@ -242,7 +301,9 @@ def log_optimal_transport(scores: torch.Tensor, bin_score: torch.Tensor, iterati
         carries_mass = rows[:, :, None] & cols[:, None, :]
         couplings = torch.where(carries_mass, couplings, LOG_ZERO)
 
-    u, v = _sinkhorn_potentials(couplings, log_mu, log_nu, iterations)
+    solve = (_sinkhorn_scaling if SinkhornDomain(domain) is SinkhornDomain.SCALING
+             else _sinkhorn_potentials)
+    u, v = solve(couplings, log_mu, log_nu, iterations)
     log_plan = couplings + u[:, :, None] + v[:, None, :] - norm[:, None, None]
     if mask0 is not None and mask1 is not None:
         log_plan = torch.where(carries_mass, log_plan, LOG_ZERO)
@@ -311,7 +372,8 @@ class SuperGlue(nn.Module):
         mdesc0, mdesc1 = self.final_proj(desc0), self.final_proj(desc1)
         scores = mdesc0.transpose(1, 2) @ mdesc1 / math.sqrt(self.settings.descriptor_dim)
         log_assignment = log_optimal_transport(
-            scores, self.bin_score, self.settings.sinkhorn_iterations, mask0, mask1)
+            scores, self.bin_score, self.settings.sinkhorn_iterations, mask0, mask1,
+            self.settings.sinkhorn_domain)
         matches0, matches1, mscores0, mscores1 = mutual_matches(
             log_assignment, self.settings.match_threshold, mask0, mask1)
         return matches0, matches1, mscores0, mscores1, log_assignment
@@ -520,6 +582,7 @@ def export_metadata(settings: SuperGlueSettings, weights_file: str,
                     weights_sha256: str) -> dict[str, object]:
     meta = base_metadata(ModelKind.SUPERGLUE, weights_file, weights_sha256)
     meta[MetaKey.SINKHORN_ITERATIONS] = settings.sinkhorn_iterations
+    meta[MetaKey.SINKHORN_DOMAIN] = SinkhornDomain(settings.sinkhorn_domain).value
     meta[MetaKey.MATCH_THRESHOLD] = settings.match_threshold
     return meta
 
@@ -680,6 +743,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--match-threshold", type=float, default=defaults.match_threshold,
                         help="matching-score threshold baked into the graph (default: %(default)s)")
+    parser.add_argument("--sinkhorn-domain", choices=[d.value for d in SinkhornDomain],
+                        default=SinkhornDomain(defaults.sinkhorn_domain).value,
+                        help="how the iterations are written in the graph (same fixed point; "
+                             "see ophreg_rt.config.SinkhornDomain) (default: %(default)s)")
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -698,7 +765,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = dataclasses.replace(SuperGlueSettings(),
                                    sinkhorn_iterations=args.sinkhorn_iterations,
-                                   match_threshold=args.match_threshold)
+                                   match_threshold=args.match_threshold,
+                                   sinkhorn_domain=SinkhornDomain(args.sinkhorn_domain))
     if args.weights is not None:
         model = load_superglue(args.weights, settings)
         weights_file, weights_sha256 = args.weights.name, sha256_file(args.weights)

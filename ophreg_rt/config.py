@@ -47,11 +47,28 @@ class QuantizationSettings:
     ort_preprocess: bool = False  # onnxruntime's quant_pre_process before quantising
 
 
+class SinkhornDomain(str, Enum):
+    """How the Sinkhorn iterations are written in the exported graph; both reach one fixed point.
+
+    ``log``: the reference form, potentials updated with log-sum-exp (two per iteration over the
+    whole coupling matrix). ``scaling``: the same iterations on exp(potentials), with the
+    couplings exponentiated once after subtracting each row's maximum, so an iteration is two
+    matrix-vector products. Every row then holds a 1 (its maximum) and every column the dustbin
+    row's 1, so no normaliser is 0; entries more than ~87 below their row's maximum underflow to
+    0 in float32, i.e. assignment probabilities under e^-87 are dropped (benchmarks/README.md,
+    "Sinkhorn formulation", has the parity and speed figures).
+    """
+
+    LOG = "log"
+    SCALING = "scaling"
+
+
 @dataclass(frozen=True)
 class SuperGlueSettings:
     """Matcher settings baked into the SuperGlue graph (Sarlin et al. 2020; the method's values)."""
 
     sinkhorn_iterations: int = 100
+    sinkhorn_domain: SinkhornDomain = SinkhornDomain.SCALING
     match_threshold: float = 0.2
     descriptor_dim: int = 256
     keypoint_encoder: tuple[int, ...] = (32, 64, 128, 256)

@@ -31,7 +31,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ophreg_rt.config import SuperGlueSettings  # noqa: E402
+from ophreg_rt.config import SinkhornDomain, SuperGlueSettings  # noqa: E402
 from ophreg_rt.contract import (  # noqa: E402
     CONTRACT_VERSION,
     OPSET,
@@ -173,6 +173,8 @@ def test_metadata_round_trips_and_records_the_default_iterations(graph, session,
     assert meta[MetaKey.WEIGHTS_SHA256] == sha256_state_dict(model.state_dict())
     assert meta[MetaKey.OPSET] == OPSET
     assert meta[MetaKey.CONTRACT_VERSION] == CONTRACT_VERSION
+    recorded = session.get_modelmeta().custom_metadata_map
+    assert recorded["ophreg." + MetaKey.SINKHORN_DOMAIN] == defaults.sinkhorn_domain.value
     entry, = json.loads((graph.parent / "manifest.json").read_text())["graphs"]
     assert entry["file"] == graph.name and entry["model"] == ModelKind.SUPERGLUE
     assert entry["source_checkpoint"] == f"random-init:seed={SEED}"
@@ -321,6 +323,39 @@ def test_sinkhorn_marginals_count_only_valid_keypoints():
     assert plan[-1].sum() == pytest.approx(n, abs=1e-3)
     assert plan[:, -1].sum() == pytest.approx(m, abs=1e-3)
     assert (plan[m:-1] == 0).all() and (plan[:, n:-1] == 0).all()
+
+
+@pytest.mark.parametrize("spread", [1.0, 20.0, 100.0])
+@pytest.mark.parametrize("padded", [False, True], ids=["all-valid", "padded"])
+def test_scaling_sinkhorn_reaches_the_log_space_iterates(spread, padded):
+    # The two formulations run the same iterations; they may differ only by float32 rounding.
+    # spread 100 puts scores about +-400 apart, far past where unabsorbed scaling factors
+    # overflow float32 (measured: 70 nats off at spread 50 without absorption).
+    generator = torch.Generator().manual_seed(1)
+    b, m, n = 2, 120, 100
+    scores = spread * torch.randn(b, m, n, generator=generator)
+    masks = (None, None)
+    if padded:
+        masks = (torch.arange(m)[None] < torch.tensor([[90], [120]]),
+                 torch.arange(n)[None] < torch.tensor([[100], [40]]))
+    log_space = sg.log_optimal_transport(scores, torch.tensor(1.0), 100, *masks,
+                                         domain=SinkhornDomain.LOG)
+    scaling = sg.log_optimal_transport(scores, torch.tensor(1.0), 100, *masks,
+                                       domain=SinkhornDomain.SCALING)
+    assert torch.isfinite(scaling).all()
+    relevant = log_space > -50  # probabilities above e^-50; below, both are ~0
+    assert torch.equal(relevant, scaling > -50) or \
+        (log_space - scaling)[relevant ^ (scaling > -50)].abs().max() < 1e-2
+    # float32 rounding of potentials as large as the scores: tolerance scales with them.
+    assert (log_space - scaling)[relevant].abs().max() < 2e-5 * scores.abs().max()
+    assert torch.equal(log_space == sg.LOG_ZERO, scaling == sg.LOG_ZERO)
+
+
+def test_scaling_blocks_cover_the_iterations_exactly():
+    assert sg._scaling_blocks(0) == []
+    assert sg._scaling_blocks(1) == [1]
+    assert sg._scaling_blocks(100) == [1] + [sg.SCALING_BLOCK] * 9 + [9]
+    assert sum(sg._scaling_blocks(37)) == 37
 
 
 def test_keypoints_are_normalised_by_width_and_height_in_that_order():
