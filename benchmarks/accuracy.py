@@ -89,7 +89,8 @@ class Pipeline:
 def pipelines(superglue: Path | None = None, lightglue: bool = True,
               size: int | None = None) -> list[Pipeline]:
     """Every pipeline the engine offers; ``size`` overrides the network input's side."""
-    default = RegistrarConfig()
+    # MNN pinned: the pipelines below are labelled by matcher, and the default is now per front end.
+    default = replace(RegistrarConfig(), matcher=MatcherName.MNN)
     if size is not None:
         default = replace(default, preprocess=replace(default.preprocess, size=(size, size)))
     grey = replace(default.preprocess, mode=PreprocessMode.GREY)

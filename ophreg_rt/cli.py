@@ -16,8 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import (Device, FeatureName, MatcherName, PreprocessMode, RegistrarConfig,
-                     TransformModel)
+from .config import (DEFAULT_MATCHERS, Device, FeatureName, MatcherName, PreprocessMode,
+                     RegistrarConfig, TransformModel, resolved_matcher)
 from .errors import OphregError
 from .imageio import check_writable, read_image, write_bytes_atomic, write_image
 from .registrar import Registrar
@@ -71,11 +71,12 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
                         default=defaults.features.value,
                         help="superpoint: the ONNX graph; sift: OpenCV SIFT with Lowe's ratio "
                              "test, no graph, only with --matcher mnn (default: %(default)s)")
-    parser.add_argument("--matcher", choices=[m.value for m in MatcherName],
-                        default=defaults.matcher.value,
-                        help="mnn: mutual nearest neighbour (NumPy); lightglue: the shipped "
-                             "LightGlue graph (or --lightglue); superglue: needs a graph "
-                             "exported from trained weights (--superglue) (default: %(default)s)")
+    parser.add_argument("--matcher", choices=[m.value for m in MatcherName], default=None,
+                        help="lightglue: the shipped LightGlue graph (or --lightglue); mnn: "
+                             "mutual nearest neighbour (NumPy); superglue: needs a graph "
+                             "exported from trained weights (--superglue) (default: "
+                             + ", ".join(f"{m.value} with --features {f.value}"
+                                         for f, m in DEFAULT_MATCHERS.items()) + ")")
     parser.add_argument("--device", choices=[d.value for d in Device],
                         default=defaults.device.value)
     parser.add_argument("--allow-cpu-fallback", action="store_true",
@@ -98,7 +99,9 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
 
 def matcher_graph_option(args: argparse.Namespace) -> Path | None:
     """The graph file the command line names for the chosen matcher (None: the default)."""
-    if MatcherName(args.matcher) is MatcherName.LIGHTGLUE:
+    features = FeatureName(args.features)
+    matcher = resolved_matcher(features, None if args.matcher is None else MatcherName(args.matcher))
+    if matcher is MatcherName.LIGHTGLUE:
         return args.lightglue
     return args.superglue
 
@@ -114,7 +117,8 @@ def registration_config(args: argparse.Namespace) -> RegistrarConfig:
         raise OphregError(f"--threshold {args.threshold}: must be positive")
     return replace(
         defaults,
-        features=FeatureName(args.features), matcher=MatcherName(args.matcher),
+        features=FeatureName(args.features),
+        matcher=None if args.matcher is None else MatcherName(args.matcher),
         device=Device(args.device),
         allow_cpu_fallback=args.allow_cpu_fallback, threads=args.threads, seed=args.seed,
         preprocess=replace(defaults.preprocess, size=(args.size, args.size),

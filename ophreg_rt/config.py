@@ -188,10 +188,24 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
+#: The matcher of each front end when RegistrarConfig.matcher is None. SuperPoint: LightGlue,
+#: measured (benchmarks/matcher_study.py, DESIGN.md): on the known-truth cases it registers at
+#: least as many as MNN in every category with 1.3-2.6x the inliers, and holds up to 45-60
+#: degrees of rotation where MNN's inliers collapse. SIFT: its own ratio test (MNN).
+DEFAULT_MATCHERS = {FeatureName.SUPERPOINT: MatcherName.LIGHTGLUE,
+                    FeatureName.SIFT: MatcherName.MNN}
+
+
+def resolved_matcher(features: FeatureName, matcher: MatcherName | None) -> MatcherName:
+    """The matcher that runs: ``matcher``, or the front end's default when it is None."""
+    return DEFAULT_MATCHERS[FeatureName(features)] if matcher is None else MatcherName(matcher)
+
+
 @dataclass(frozen=True)
 class RegistrarConfig:
     features: FeatureName = FeatureName.SUPERPOINT
-    matcher: MatcherName = MatcherName.MNN
+    #: None: the front end's default matcher (DEFAULT_MATCHERS).
+    matcher: MatcherName | None = None
     device: Device = Device.CPU
     allow_cpu_fallback: bool = False
     threads: int | None = None  # None: onnxruntime's default

@@ -10,7 +10,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .config import REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig, TransformModel
+from .config import (REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig, TransformModel,
+                     resolved_matcher)
 from .errors import InvalidConfigError, RegistrationFailedError
 from .features import Features, SuperPointRunner
 from .imageio import ImageSource, read_image
@@ -124,9 +125,10 @@ class Registrar:
                  matcher_model: str | os.PathLike | None = None):
         self.config = config
         self.front_end = FeatureName(config.features)
-        if self.front_end is FeatureName.SIFT and MatcherName(config.matcher) is not MatcherName.MNN:
+        matcher = resolved_matcher(self.front_end, config.matcher)
+        if self.front_end is FeatureName.SIFT and matcher is not MatcherName.MNN:
             raise InvalidConfigError(
-                f"features 'sift' cannot go with matcher '{MatcherName(config.matcher).value}': "
+                f"features 'sift' cannot go with matcher '{matcher.value}': "
                 "the learned matchers were trained on SuperPoint keypoints and descriptors; "
                 "SIFT is matched by its ratio test (matcher 'mnn')")
         session_options = dict(device=config.device, threads=config.threads,
@@ -138,10 +140,10 @@ class Registrar:
                                                **session_options)
         self.superglue: SuperGlueRunner | None = None
         self.lightglue: LightGlueRunner | None = None
-        if MatcherName(config.matcher) is MatcherName.SUPERGLUE:
+        if matcher is MatcherName.SUPERGLUE:
             self.superglue = SuperGlueRunner(
                 matcher_model or default_matcher_graph(MatcherName.SUPERGLUE), **session_options)
-        elif MatcherName(config.matcher) is MatcherName.LIGHTGLUE:
+        elif matcher is MatcherName.LIGHTGLUE:
             self.lightglue = LightGlueRunner(
                 matcher_model or default_matcher_graph(MatcherName.LIGHTGLUE), **session_options)
         if self.superpoint is None:
@@ -161,7 +163,7 @@ class Registrar:
     def matcher_name(self) -> str:
         if self.front_end is FeatureName.SIFT:
             return "ratio"
-        return MatcherName(self.config.matcher).value
+        return resolved_matcher(self.front_end, self.config.matcher).value
 
     def register(self, fixed: ImageSource, moving: ImageSource,
                  fixed_name: str | None = None, moving_name: str | None = None) -> RegistrationResult:

@@ -125,3 +125,16 @@ def test_cli_missing_lightglue_graph_exits_2_naming_it(pair_files, tmp_path, cap
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "Traceback" not in err and "nowhere.onnx" in err and "not found" in err
+
+
+def test_lightglue_is_superpoints_default_matcher_and_sift_keeps_its_ratio_test():
+    from ophreg_rt.config import DEFAULT_MATCHERS, FeatureName, resolved_matcher
+
+    assert RegistrarConfig().matcher is None
+    assert resolved_matcher(FeatureName.SUPERPOINT, None) is MatcherName.LIGHTGLUE
+    assert resolved_matcher(FeatureName.SIFT, None) is MatcherName.MNN
+    assert resolved_matcher(FeatureName.SUPERPOINT, MatcherName.MNN) is MatcherName.MNN
+    assert set(DEFAULT_MATCHERS) == set(FeatureName)
+    registrar = Registrar(replace(RegistrarConfig(), threads=1))
+    assert registrar.lightglue is not None and registrar.matcher_name == "lightglue"
+    assert "lightglue" in registrar.models
