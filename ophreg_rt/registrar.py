@@ -136,8 +136,8 @@ class Registrar:
         # SIFT needs no ONNX session: a SIFT registrar loads no graph at all.
         self.superpoint: SuperPointRunner | None = None
         if self.front_end is FeatureName.SUPERPOINT:
-            self.superpoint = SuperPointRunner(superpoint_model or default_superpoint(),
-                                               **session_options)
+            self.superpoint = SuperPointRunner(
+                superpoint_model or default_superpoint(config.precision), **session_options)
         self.superglue: SuperGlueRunner | None = None
         self.lightglue: LightGlueRunner | None = None
         if matcher is MatcherName.SUPERGLUE:
@@ -171,8 +171,9 @@ class Registrar:
         registered returns a result with status "failed" and the reason."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        fixed_image = read_image(fixed, fixed_name)
-        moving_image = read_image(moving, moving_name)
+        with _timed(timings, "read"):
+            fixed_image = read_image(fixed, fixed_name)
+            moving_image = read_image(moving, moving_name)
         detections_fixed, detections_moving = self.detect([fixed_image, moving_image], timings)
         with _timed(timings, "matching"):
             matches = self.match(detections_fixed, detections_moving)
