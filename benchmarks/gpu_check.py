@@ -7,7 +7,10 @@ runs, then ``--repeats`` timed ones, median and 10th/90th percentiles per stage.
 timed with random weights of its architecture (exported on the spot from ``export/``, so the
 graph matches this machine's torch) on the pair and on 1024 + 1024 synthetic keypoints. The
 PyTorch modules of ``export/`` on the same GPU (``torch.cuda.synchronize`` around each run) are
-the in-process reference.
+the in-process reference. LightGlue (the default matcher) is timed on the pair and on 1024 + 1024
+synthetic keypoints. An onnxruntime profile of SuperPoint on CUDA gives the time per operator
+type and the nodes onnxruntime placed on the CPU; IO binding (input and outputs kept on the GPU)
+is timed against a plain run.
 
 fp16: a copy of each graph in which only the compute-heavy operators (Conv, Relu, MatMul and the
 attention Softmax) run in float16, with Cast nodes at their borders (``to_mixed_fp16``);
@@ -37,7 +40,7 @@ from benchmarks.known_truth import make_cases, mean_fov_error
 from benchmarks.latency import CC0_RETINA, WEIGHTS, summarise, time_registrar
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import Device, MatcherName
-from ophreg_rt.model_files import default_superpoint
+from ophreg_rt.model_files import default_matcher_graph, default_superpoint
 from ophreg_rt.preprocess import network_input
 
 #: Operator types allowed to run in float16; every other node keeps float32.
@@ -105,14 +108,18 @@ def to_mixed_fp16(source: Path, target: Path) -> Path:
     return target
 
 
-def time_superglue_synthetic(model_path: Path, device: Device, repeats: int) -> dict:
+def time_matcher_synthetic(model_path: Path, device: Device, repeats: int,
+                           matcher: MatcherName = MatcherName.SUPERGLUE) -> dict:
     from export.superglue import synthetic_pair
-    from ophreg_rt.contract import SUPERGLUE_INPUTS
-    from ophreg_rt.matching import SuperGlueRunner
+    from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
+    from ophreg_rt.matching import LightGlueRunner, SuperGlueRunner
 
-    runner = SuperGlueRunner(model_path, device=device)
+    if matcher is MatcherName.LIGHTGLUE:
+        runner, specs = LightGlueRunner(model_path, device=device), LIGHTGLUE_INPUTS
+    else:
+        runner, specs = SuperGlueRunner(model_path, device=device), SUPERGLUE_INPUTS
     feeds = synthetic_pair(1024, 1024, (1024, 1024), (1024, 1024), seed=0)
-    feeds = {spec.name: feeds[spec.name] for spec in SUPERGLUE_INPUTS}
+    feeds = {spec.name: feeds[spec.name] for spec in specs}
     samples = []
     for i in range(repeats + 2):
         started = time.perf_counter()
@@ -141,14 +148,68 @@ def torch_references(batch: np.ndarray, repeats: int) -> dict:
                     samples.append((time.perf_counter() - started) * 1000.0)
         return summarise(samples)
 
+    from export.lightglue import load_lightglue
+    from ophreg_rt.contract import LIGHTGLUE_INPUTS
+
     superpoint = load_superpoint(WEIGHTS).cuda()
     images = torch.from_numpy(batch).cuda()
     superglue = random_superglue(0).cuda()
+    lightglue = load_lightglue(WEIGHTS.parent / "superpoint_lightglue.pth").cuda().eval()
     feeds = synthetic_pair(1024, 1024, (1024, 1024), (1024, 1024), seed=0)
     inputs = [torch.from_numpy(feeds[spec.name]).cuda() for spec in SUPERGLUE_INPUTS]
+    light_inputs = [torch.from_numpy(feeds[spec.name]).cuda() for spec in LIGHTGLUE_INPUTS]
     return {"superpoint_2_images": timed(lambda: superpoint(images)),
             "superglue_1024x1024": timed(lambda: superglue(*inputs)),
+            "lightglue_1024x1024": timed(lambda: lightglue(*light_inputs)),
             "device_name": torch.cuda.get_device_name()}
+
+
+def superpoint_cuda_profile(batch: np.ndarray, repeats: int) -> dict:
+    """Where SuperPoint's time goes on CUDA (op types, nodes placed on the CPU), and IO binding."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = "/tmp/ophreg_gpu/superpoint_cuda"
+    session = ort.InferenceSession(str(default_superpoint()), options,
+                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for _ in range(repeats):
+        session.run(None, {"image": batch})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    on_cpu: dict[str, int] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        op = event["args"].get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + event["dur"] / 1000.0 / repeats
+        if event["args"].get("provider") == "CPUExecutionProvider":
+            on_cpu[op] = on_cpu.get(op, 0) + 1
+    plain = ort.InferenceSession(str(default_superpoint()),
+                                 providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    binding = plain.io_binding()
+    on_device = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
+
+    def bound() -> None:
+        binding.bind_ortvalue_input("image", on_device)
+        for output in plain.get_outputs():
+            binding.bind_output(output.name, "cuda")
+        plain.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    def timed(fn) -> dict:
+        samples = []
+        for i in range(repeats + 2):
+            started = time.perf_counter()
+            fn()
+            if i >= 2:
+                samples.append((time.perf_counter() - started) * 1000.0)
+        return summarise(samples)
+
+    return {"ms_per_run_by_op_type": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+            "node_runs_on_cpu_by_op_type": on_cpu,
+            "plain_run": timed(lambda: plain.run(None, {"image": batch})),
+            "io_binding_input_and_outputs_on_gpu": timed(bound)}
 
 
 def accuracy_against(registrar: Registrar, reference: Registrar, case) -> dict:
@@ -210,31 +271,47 @@ def main() -> None:
                 "stages": time_registrar(registrar, case.fixed, case.moving, args.warmup,
                                          args.repeats)}
 
-    section(report, "cuda_fp32_superpoint_mnn", lambda: end_to_end(cuda))
-    section(report, "cpu_all_cores_superpoint_mnn",
-            lambda: end_to_end(replace(default, threads=os.cpu_count())))
+    cuda_mnn = replace(cuda, matcher=MatcherName.MNN)
+    cuda_lightglue = replace(cuda, matcher=MatcherName.LIGHTGLUE)
+    section(report, "cuda_fp32_superpoint_lightglue", lambda: end_to_end(cuda_lightglue))
+    section(report, "cuda_fp32_superpoint_mnn", lambda: end_to_end(cuda_mnn))
+    section(report, "cpu_all_cores_superpoint_lightglue", lambda: end_to_end(
+        replace(default, matcher=MatcherName.LIGHTGLUE, threads=os.cpu_count())))
+    section(report, "cuda_fp32_lightglue_1024x1024", lambda: time_matcher_synthetic(
+        default_matcher_graph(MatcherName.LIGHTGLUE), Device.CUDA, args.repeats,
+        MatcherName.LIGHTGLUE))
+    section(report, "cuda_superpoint_profile", lambda: superpoint_cuda_profile(batch, 10))
     section(report, "export_superglue_random", export_superglue)
     section(report, "cuda_fp32_superpoint_superglue",
             lambda: end_to_end(replace(cuda, matcher=MatcherName.SUPERGLUE),
                                matcher_model=superglue_fp32))
     section(report, "cuda_fp32_superglue_1024x1024",
-            lambda: time_superglue_synthetic(superglue_fp32, Device.CUDA, args.repeats))
+            lambda: time_matcher_synthetic(superglue_fp32, Device.CUDA, args.repeats))
     section(report, "torch_cuda", lambda: torch_references(batch, args.repeats))
 
     superpoint_fp16 = args.work / "superpoint_mixed_fp16.onnx"
     superglue_fp16 = args.work / "superglue_random_mixed_fp16.onnx"
+    lightglue_fp16 = args.work / "lightglue_mixed_fp16.onnx"
     section(report, "convert_fp16", lambda: {
         "superpoint": str(to_mixed_fp16(default_superpoint(), superpoint_fp16)),
-        "superglue": str(to_mixed_fp16(superglue_fp32, superglue_fp16))})
+        "superglue": str(to_mixed_fp16(superglue_fp32, superglue_fp16)),
+        "lightglue": str(to_mixed_fp16(default_matcher_graph(MatcherName.LIGHTGLUE),
+                                       lightglue_fp16))})
     section(report, "cuda_fp16_superpoint_mnn",
-            lambda: end_to_end(cuda, superpoint_model=superpoint_fp16))
+            lambda: end_to_end(cuda_mnn, superpoint_model=superpoint_fp16))
+    section(report, "cuda_fp16_superpoint_lightglue",
+            lambda: end_to_end(cuda_lightglue, superpoint_model=superpoint_fp16,
+                               matcher_model=lightglue_fp16))
+    section(report, "fp16_accuracy_lightglue", lambda: accuracy_against(
+        Registrar(cuda_lightglue, superpoint_model=superpoint_fp16, matcher_model=lightglue_fp16),
+        Registrar(cuda_lightglue), case))
     section(report, "cuda_fp16_superpoint_superglue",
             lambda: end_to_end(replace(cuda, matcher=MatcherName.SUPERGLUE),
                                superpoint_model=superpoint_fp16, matcher_model=superglue_fp16))
     section(report, "cuda_fp16_superglue_1024x1024",
-            lambda: time_superglue_synthetic(superglue_fp16, Device.CUDA, args.repeats))
+            lambda: time_matcher_synthetic(superglue_fp16, Device.CUDA, args.repeats))
     section(report, "fp16_accuracy_mnn", lambda: accuracy_against(
-        Registrar(cuda, superpoint_model=superpoint_fp16), Registrar(cuda), case))
+        Registrar(cuda_mnn, superpoint_model=superpoint_fp16), Registrar(cuda_mnn), case))
     section(report, "fp16_accuracy_superglue", lambda: accuracy_against(
         Registrar(replace(cuda, matcher=MatcherName.SUPERGLUE), superpoint_model=superpoint_fp16,
                   matcher_model=superglue_fp16),
