@@ -395,7 +395,24 @@ def to_onnx(model: LightGlue) -> onnx.ModelProto:
     if OPSET < _EXPORTER_OPSET:
         downgrade_opset_18_to_17(proto)
     name_dimensions(proto, LIGHTGLUE_INPUTS + LIGHTGLUE_OUTPUTS)
+    strip_trace_metadata(proto)
     return proto
+
+
+def strip_trace_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node trace notes (Python stack traces with source line numbers,
+    FX node dumps): they make the file change whenever a comment moves a line, and they are no
+    part of the computation. Model-level ``ophreg.*`` metadata is untouched."""
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+
+    visit(proto.graph)
 
 
 def export_metadata(settings: LightGlueSettings, weights_file: str,

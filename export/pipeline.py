@@ -53,6 +53,7 @@ from .lightglue import (
     PROBABILITY_TOLERANCE,
     LightGlue,
     load_lightglue,
+    strip_trace_metadata,
     superpoint_feeds,
 )
 from .superglue import _EXPORTER_OPSET, downgrade_opset_18_to_17
@@ -129,6 +130,7 @@ def to_onnx(model: Pipeline) -> onnx.ModelProto:
     if OPSET < _EXPORTER_OPSET:
         downgrade_opset_18_to_17(proto)
     name_dimensions(proto, PIPELINE_INPUTS + PIPELINE_OUTPUTS)
+    strip_trace_metadata(proto)
     return proto
 
 

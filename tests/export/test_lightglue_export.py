@@ -142,6 +142,11 @@ def test_graph_passes_full_check_at_contract_opset_with_contract_io():
             assert tuple(d.dim_param or d.dim_value for d in tensor_type.shape.dim) == spec.shape
 
 
+def test_graph_carries_no_trace_notes_so_the_file_depends_only_on_the_computation():
+    proto = onnx.load(GRAPH)
+    assert not any(node.metadata_props for node in proto.graph.node)
+
+
 def test_metadata_and_manifest_record_the_checkpoint_and_settings(session, lightglue_weights):
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map, ModelKind.LIGHTGLUE,
                            str(GRAPH))
