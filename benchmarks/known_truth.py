@@ -89,7 +89,8 @@ def random_affine(rng: np.random.Generator, size: tuple[int, int],
     if motion.min_shift > 0:
         direction = rng.uniform(0.0, 2.0 * np.pi)
         length = rng.uniform(motion.min_shift, motion.max_shift)
-        shift = length * np.array([np.cos(direction), np.sin(direction)]) * np.array([width, height])
+        unit = np.array([np.cos(direction), np.sin(direction)])
+        shift = length * unit * np.array([width, height])
     else:
         shift = rng.uniform(-motion.max_shift, motion.max_shift, size=2) * np.array([width, height])
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])

@@ -211,7 +211,7 @@ class Registrar:
         return detections
 
     def match(self, fixed: Detections, moving: Detections) -> Matches:
-        """Correspondences (index into ``fixed``, index into ``moving``) by the configured matcher."""
+        """Correspondences (index into ``fixed``, index into ``moving``), configured matcher."""
         for detections in (fixed, moving):
             if detections.front_end is not self.front_end:
                 raise InvalidConfigError(
