@@ -7,10 +7,13 @@ from dataclasses import replace
 import onnxruntime as ort
 import pytest
 
-from benchmarks.known_truth import SUCCESS_PX, make_cases, mean_fov_error
+from benchmarks.known_truth import make_cases, mean_fov_error
 from conftest import CC0_RETINA
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import Device
+
+#: The runtime's own bar for a known warp (issue 3), stricter than the benchmark's 5 px success.
+WITHIN_PX = 2.0
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,7 +30,7 @@ def test_cuda_registration_applies_cuda_and_agrees_with_cpu():
     on_cpu = cpu.register(case.fixed, case.moving)
     on_cuda = cuda.register(case.fixed, case.moving)
     assert on_cpu.ok and on_cuda.ok
-    assert mean_fov_error(on_cuda.matrix, case) < SUCCESS_PX
+    assert mean_fov_error(on_cuda.matrix, case) < WITHIN_PX
     # GPU convolutions may round differently, which can flip keypoints whose score sits on the
     # 0.005 threshold; the sets must still agree almost entirely.
     shared = {tuple(p) for p in on_cpu.keypoints_fixed.round(3).tolist()} & \

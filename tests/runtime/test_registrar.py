@@ -9,12 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.known_truth import (SUCCESS_PX, Case, make_cases, mean_fov_error, random_affine,
+from benchmarks.known_truth import (Case, make_cases, mean_fov_error, random_affine,
                                     round_trip_error)
 from conftest import CC0_RETINA
 from ophreg_rt import Registrar, RegistrarConfig, TransformModel
 from ophreg_rt.errors import RegistrationFailedError
 from ophreg_rt.imageio import read_image
+
+#: The runtime's own bar for a known warp (issue 3), stricter than the benchmark's 5 px success.
+WITHIN_PX = 2.0
 
 SAME_MODALITY_PAIRS = ["varia_R067_R118", "toolbox_example", "toolbox_fundus"]
 
@@ -32,7 +35,7 @@ def cc0_case() -> Case:
 def test_a_known_warp_of_the_cc0_image_is_recovered(registrar, cc0_case):
     result = registrar.register(cc0_case.fixed, cc0_case.moving)
     assert result.ok, result.reason
-    assert mean_fov_error(result.matrix, cc0_case) < SUCCESS_PX
+    assert mean_fov_error(result.matrix, cc0_case) < WITHIN_PX
     assert result.num_inliers >= registrar.config.ransac.min_inliers
     assert result.affine.shape == (2, 3)
     assert set(result.timings_ms) >= {"preprocess", "superpoint", "matching", "ransac", "total"}
@@ -47,7 +50,7 @@ def test_other_transform_models_recover_the_same_warp(cc0_case, model):
     result = registrar.register(cc0_case.fixed, cc0_case.moving)
     assert result.ok, result.reason
     assert result.matrix.shape == (3, 3)
-    assert mean_fov_error(result.matrix, cc0_case) < SUCCESS_PX
+    assert mean_fov_error(result.matrix, cc0_case) < WITHIN_PX
     assert (result.affine is None) == (model is TransformModel.HOMOGRAPHY)
 
 
@@ -56,7 +59,7 @@ def test_sixteen_bit_and_rgba_inputs_register(registrar, cc0_case):
     moving_rgba = np.dstack([cc0_case.moving, np.full(cc0_case.moving.shape[:2], 255, np.uint8)])
     result = registrar.register(fixed16, moving_rgba)
     assert result.ok, result.reason
-    assert mean_fov_error(result.matrix, cc0_case) < SUCCESS_PX
+    assert mean_fov_error(result.matrix, cc0_case) < WITHIN_PX
 
 
 def test_a_featureless_image_is_refused_not_faked(registrar, cc0_case):
@@ -100,8 +103,8 @@ def test_known_truth_affines_on_real_images_are_recovered_within_2px(registrar, 
     cases = make_cases(paths, per_image=2, seed=0)
     errors = np.array([mean_fov_error(registrar.register(c.fixed, c.moving).matrix, c)
                        for c in cases])
-    success = float((errors < SUCCESS_PX).mean())
-    assert success >= 0.95, f"{success:.1%} within {SUCCESS_PX} px; errors: {np.round(errors, 2)}"
+    success = float((errors < WITHIN_PX).mean())
+    assert success >= 0.95, f"{success:.1%} within {WITHIN_PX} px; errors: {np.round(errors, 2)}"
 
 
 @pytest.mark.slow

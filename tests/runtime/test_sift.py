@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from benchmarks.known_truth import SUCCESS_PX, make_cases, mean_fov_error
+from benchmarks.known_truth import make_cases, mean_fov_error
 from conftest import CC0_RETINA
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
@@ -17,6 +17,9 @@ from ophreg_rt.errors import InvalidConfigError
 from ophreg_rt.features import Features
 from ophreg_rt.imageio import write_image
 from ophreg_rt.sift import ratio_test_matches
+
+#: The runtime's own bar for a known warp (issue 3), stricter than the benchmark's 5 px success.
+WITHIN_PX = 2.0
 
 SIFT = replace(RegistrarConfig(), features=FeatureName.SIFT)
 LEARNED_MATCHERS = [m for m in MatcherName if m is not MatcherName.MNN]
@@ -33,7 +36,7 @@ def test_sift_recovers_a_known_warp_of_the_cc0_image_without_any_graph(cc0_case,
     assert registrar.superpoint is None and registrar.provider == "opencv"
     result = registrar.register(cc0_case.fixed, cc0_case.moving)
     assert result.ok, result.reason
-    assert mean_fov_error(result.matrix, cc0_case) < SUCCESS_PX
+    assert mean_fov_error(result.matrix, cc0_case) < WITHIN_PX
     assert result.features == "sift" and result.matcher == "ratio"
     assert set(result.models) == {"sift"}
     assert set(result.timings_ms) >= {"preprocess", "sift", "matching", "ransac", "total"}
