@@ -16,8 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import (DEFAULT_MATCHERS, Device, FeatureName, MatcherName, PreprocessMode,
-                     RegistrarConfig, TransformModel, resolved_matcher)
+from .config import (DEFAULT_MATCHERS, Device, FeatureName, MatcherName, Precision,
+                     PreprocessMode, RegistrarConfig, TransformModel, resolved_matcher)
 from .errors import OphregError
 from .imageio import check_writable, read_image, write_bytes_atomic, write_image
 from .registrar import Registrar
@@ -92,6 +92,11 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=defaults.ransac.threshold,
                         help="RANSAC inlier threshold, px at 1024 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="RANSAC seed")
+    parser.add_argument("--precision", choices=[p.value for p in Precision],
+                        default=defaults.precision.value,
+                        help="which shipped SuperPoint graph: fp32 (superpoint.onnx) or int8 "
+                             "(superpoint_int8.onnx, static QDQ, faster on CPU); --superpoint "
+                             "overrides it (default: %(default)s)")
     parser.add_argument("--superpoint", type=Path, help="SuperPoint graph (default: models/)")
     parser.add_argument("--superglue", type=Path, help="SuperGlue graph (default: models/)")
     parser.add_argument("--lightglue", type=Path, help="LightGlue graph (default: models/)")
@@ -119,7 +124,7 @@ def registration_config(args: argparse.Namespace) -> RegistrarConfig:
         defaults,
         features=FeatureName(args.features),
         matcher=None if args.matcher is None else MatcherName(args.matcher),
-        device=Device(args.device),
+        device=Device(args.device), precision=Precision(args.precision),
         allow_cpu_fallback=args.allow_cpu_fallback, threads=args.threads, seed=args.seed,
         preprocess=replace(defaults.preprocess, size=(args.size, args.size),
                            mode=PreprocessMode(args.preprocess)),

@@ -188,6 +188,15 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
+class Precision(str, Enum):
+    """Which shipped SuperPoint graph is loaded when the caller names none."""
+
+    FP32 = "fp32"  # models/superpoint.onnx
+    #: models/superpoint_int8.onnx (export/quantize.py): 2.7-3.9x faster on a VNNI CPU, same
+    #: known-truth accuracy (benchmarks/README.md, "INT8"); unmeasured on CPUs without VNNI.
+    INT8 = "int8"
+
+
 #: The matcher of each front end when RegistrarConfig.matcher is None. SuperPoint: LightGlue,
 #: measured (benchmarks/matcher_study.py, DESIGN.md): on the known-truth cases it registers at
 #: least as many as MNN in every category with 1.3-2.6x the inliers, and holds up to 45-60
@@ -207,6 +216,7 @@ class RegistrarConfig:
     #: None: the front end's default matcher (DEFAULT_MATCHERS).
     matcher: MatcherName | None = None
     device: Device = Device.CPU
+    precision: Precision = Precision.FP32  # default SuperPoint graph; a named graph overrides it
     allow_cpu_fallback: bool = False
     threads: int | None = None  # None: onnxruntime's default
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import MatcherName
+from .config import MatcherName, Precision
 
 #: Overrides the folder of default graphs (for installs that keep models elsewhere).
 MODELS_DIR_ENV = "OPHREG_MODELS_DIR"
 
 SUPERPOINT_FILE = "superpoint.onnx"
+#: Shipped: the same weights statically quantised to INT8 (``python -m export quantize``).
+SUPERPOINT_INT8_FILE = "superpoint_int8.onnx"
 #: Not shipped: SuperGlue's trained weights are not redistributable here; a user exports their
 #: own checkpoint to this name (``python -m export superglue --weights ...``).
 SUPERGLUE_FILE = "superglue.onnx"
@@ -34,8 +36,9 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "models"
 
 
-def default_superpoint() -> Path:
-    return models_dir() / SUPERPOINT_FILE
+def default_superpoint(precision: Precision = Precision.FP32) -> Path:
+    name = SUPERPOINT_INT8_FILE if Precision(precision) is Precision.INT8 else SUPERPOINT_FILE
+    return models_dir() / name
 
 
 def default_matcher_graph(matcher: MatcherName) -> Path | None:
