@@ -20,14 +20,16 @@ Method.
   moving image's green channel inverted, vessels bright on dark). The same cases go through
   Registrars that differ only in the SuperPoint graph (default config otherwise: CLAHE, affine
   RANSAC, seed 0), once per matcher (``--matchers``: LightGlue, the default for SuperPoint, and
-  MNN); each image is detected once per graph and its detections go to both matchers. Success: mean field-of-view error < SUCCESS_PX (5 px at 1024); a refusal is a failure.
-  We report the success rate and the median error per category, and the cases where only one
-  of the two succeeded.
+  MNN); each image is detected once per graph and its detections go to both matchers.
+  Success: mean field-of-view error < SUCCESS_PX (5 px at 1024); a refusal is a failure. We
+  report the success rate and the median error per category, and the cases where only one of
+  the two graphs succeeded.
 * Levers (``--levers``, a separate run written to ``int8_levers.json``): each quantisation
   variant (activation type, per-channel, reduce_range, onnxruntime's pre-processing; the
-  histogram calibrations are left out, see LEFT_OUT_LEVERS), one lever moved at a time from ``QuantizationSettings()``, is quantised from
-  the same calibration images and measured for latency (2 threads, same batch, same rounds) and
-  agreement (first three held-out images); the accuracy run uses the chosen graph only. The
+  histogram calibrations are left out, see LEFT_OUT_LEVERS), one lever moved at a time from
+  ``QuantizationSettings()``, is quantised from the same calibration images and measured for
+  latency (2 threads, same batch, same rounds) and agreement (first three held-out images);
+  the accuracy run uses the chosen graph only. The
   same run records each operator type's share of node time (onnxruntime's profiler, one run
   after a warm-up, 2 threads) for the float and the INT8 graph.
 
@@ -48,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.known_truth import LARGE_MOTION, SMALL_MOTION, SUCCESS_PX, make_cases, mean_fov_error
+from benchmarks.known_truth import (LARGE_MOTION, SMALL_MOTION, SUCCESS_PX, make_cases,
+                                    mean_fov_error)
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import (FeatureName, MatcherName, QuantizationSettings, QuantizedActivations,
                               resolved_matcher)
@@ -228,7 +231,8 @@ def cpu_flags() -> list[str]:
     except OSError:
         return []
     flags = set(text.split())
-    return sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return sorted(f for f in wanted if f in flags)
 
 
 def load_inputs(paths: list[Path]) -> dict[str, np.ndarray]:
@@ -316,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
 
             int8_path = Path(scratch) / "superpoint_int8.onnx"
             quantize_superpoint(args.float_graph, int8_path, CALIBRATION)
-        report = {"method": __doc__, "machine": platform.platform(), "processor": platform.processor(),
+        report = {"method": __doc__, "machine": platform.platform(),
+                  "processor": platform.processor(),
                   "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
                   "load_average_at_start": list(os.getloadavg()),
                   "onnxruntime": __import__("onnxruntime").__version__,
@@ -346,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
                                        args.repeats) for threads in args.threads]
         for row in report["latency"]:
             print(f"threads {row['threads']}: float {row['float32']['median_ms']:.0f} ms, int8 "
-                  f"{row['int8']['median_ms']:.0f} ms, speedup {row['speedup_median_of_ratios']:.2f}x",
+                  f"{row['int8']['median_ms']:.0f} ms, "
+                  f"speedup {row['speedup_median_of_ratios']:.2f}x",
                   flush=True)
         rows = agreement_rows(args.float_graph, int8_path, inputs)
         report["agreement"] = {"per_image": rows, "summary": summarise_agreement(rows)}

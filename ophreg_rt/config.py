@@ -36,7 +36,9 @@ class CalibrationMethodName(str, Enum):
 class QuantizationSettings:
     """Static INT8 (QDQ) quantisation of the SuperPoint graph (export/quantize.py).
 
-    The values benchmarks/int8.py measured best on this project's fundus images.
+    Chosen by benchmarks/int8.py's lever study (benchmarks/README.md, "INT8"): s8 activations
+    were slower, per-tensor weights and reduce_range lost keypoint agreement, onnxruntime's
+    pre-processing changed nothing; the histogram calibrations did not fit in memory.
     """
 
     activations: QuantizedActivations = QuantizedActivations.UINT8
