@@ -294,12 +294,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="real fundus images to calibrate on (keep held-out ones apart)")
     parser.add_argument("--held-out", type=Path, nargs="*", default=[], metavar="IMAGE",
                         help="images not used for calibration, to compare INT8 with float on")
-    parser.add_argument("--activations", type=QuantizedActivations,
-                        default=defaults.activations,
-                        choices=list(QuantizedActivations),
+    parser.add_argument("--activations", default=defaults.activations.value,
+                        choices=[a.value for a in QuantizedActivations],
                         help=f"activation type (default {defaults.activations.value})")
-    parser.add_argument("--calibration-method", type=CalibrationMethodName,
-                        default=defaults.calibration, choices=list(CalibrationMethodName),
+    parser.add_argument("--calibration-method", default=defaults.calibration.value,
+                        choices=[m.value for m in CalibrationMethodName],
                         help=f"how ranges are chosen (default {defaults.calibration.value})")
     parser.add_argument("--per-tensor", action="store_true",
                         help="one weight scale per tensor instead of per output channel")
@@ -322,8 +321,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: held-out images are also calibration images: "
               f"{', '.join(sorted(p.name for p in overlap))}", file=sys.stderr)
         return 2
-    settings = replace(QuantizationSettings(), activations=args.activations,
-                       calibration=args.calibration_method,
+    settings = replace(QuantizationSettings(),
+                       activations=QuantizedActivations(args.activations),
+                       calibration=CalibrationMethodName(args.calibration_method),
                        per_channel=not args.per_tensor, reduce_range=args.reduce_range,
                        ort_preprocess=args.ort_preprocess)
     started = time.perf_counter()
