@@ -46,7 +46,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ophreg_rt import Registrar, RegistrarConfig
-from ophreg_rt.config import MatcherName, SinkhornDomain, SuperGlueSettings
+from ophreg_rt.config import MatcherName, Precision, SinkhornDomain, SuperGlueSettings
 from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS, SuperGlueIO
 from ophreg_rt.features import Features
 from ophreg_rt.imageio import read_image
@@ -239,7 +239,8 @@ def section_pipeline(args, work: Path) -> dict:
 
     pair = DATA_DIR / "pairs" / args.pair
     fixed, moving = next(pair.glob("fixed.*")), next(pair.glob("moving.*"))
-    base = replace(RegistrarConfig(), threads=args.threads)
+    # --precision int8 swaps in the INT8 SuperPoint graph; the reference stays the fp32 module.
+    base = replace(RegistrarConfig(), threads=args.threads, precision=Precision(args.precision))
     superglue_path, superglue_module = random_superglue_graph(work, SuperGlueSettings())
     matchers = {
         "mnn": (replace(base, matcher=MatcherName.MNN), None, None, None),
@@ -557,6 +558,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pair", default="varia_R067_R118")
+    parser.add_argument("--precision", choices=[p.value for p in Precision],
+                        default=RegistrarConfig().precision.value,
+                        help="SuperPoint graph of the engine in the pipeline section")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768, 1024, 1536])
     parser.add_argument("--keypoints", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--sinkhorn-iterations", type=int, nargs="+", default=[20, 50, 100])
@@ -569,6 +573,7 @@ def main() -> None:
     args = parser.parse_args()
 
     report = {"method": __doc__, "machine": machine(), "threads": args.threads,
+              "precision": args.precision,
               "warmup": args.warmup, "repeats": args.repeats,
               "superpoint_sha256": sha256_file(default_superpoint()), "sections": {}}
     with tempfile.TemporaryDirectory() as folder:
@@ -606,7 +611,8 @@ def tables(report: dict) -> str:
     lines = [f"Machine: {machine_line}. Times in ms: median [p10–p90].", ""]
     if "pipeline" in sections:
         stages = ("read", "preprocess", "superpoint", "matching", "ransac", "warp", "total")
-        lines += [f"End to end, pair {sections['pipeline']['pair']}:", "",
+        lines += [f"End to end, pair {sections['pipeline']['pair']}, engine's SuperPoint graph "
+                  f"{report.get('precision', 'fp32')}, PyTorch module fp32:", "",
                   "| matcher | engine | " + " | ".join(stages) + " | speed-up |",
                   "|---|---|" + "---|" * (len(stages) + 1)]
         for name, value in sections["pipeline"].items():
