@@ -47,10 +47,10 @@ import onnxruntime as ort
 
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import MatcherName, Precision, SinkhornDomain, SuperGlueSettings
-from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS, SuperGlueIO
+from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
 from ophreg_rt.features import Features
 from ophreg_rt.imageio import read_image
-from ophreg_rt.matching import Matches, mutual_nearest_neighbours
+from ophreg_rt.matching import matcher_feeds, matches_from_graph, mutual_nearest_neighbours
 from ophreg_rt.model_files import default_matcher_graph, default_superpoint
 from ophreg_rt.preprocess import network_input, network_to_original
 from ophreg_rt.ransac import ransac
@@ -138,25 +138,6 @@ def _features_of(keypoints, scores, descriptors, mask) -> list[Features]:
     return out
 
 
-def matcher_feeds(specs, features0: Features, features1: Features,
-                  size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Contract inputs of a SuperGlue/LightGlue graph for two unpadded feature sets."""
-    values = {}
-    for i, features in enumerate((features0, features1)):
-        values[SuperGlueIO.KEYPOINTS[i]] = features.keypoints[None].astype(np.float32)
-        values[SuperGlueIO.SCORES[i]] = features.scores[None].astype(np.float32)
-        values[SuperGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
-        values[SuperGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
-        values[SuperGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
-    return {spec.name: values[spec.name] for spec in specs}
-
-
-def _matches_from(matches0: np.ndarray, scores0: np.ndarray) -> Matches:
-    index0 = np.flatnonzero(matches0[0] >= 0)
-    return Matches(pairs=np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64),
-                   scores=scores0[0, index0].astype(np.float32))
-
-
 class TorchPipeline:
     """The engine's pipeline with export/'s PyTorch modules in place of the graphs."""
 
@@ -189,11 +170,11 @@ class TorchPipeline:
         if self.matcher_module is None:
             matches = mutual_nearest_neighbours(features[0], features[1], self.config.mnn)
         else:
-            feeds = matcher_feeds(self.matcher_specs, features[0], features[1], size)
+            feeds = matcher_feeds(self.matcher_specs, features[0], features[1], size, size)
             with torch.inference_mode():
                 result = self.matcher_module(*(torch.from_numpy(feeds[s.name])
                                                for s in self.matcher_specs))
-            matches = _matches_from(result[0].numpy(), result[2].numpy())
+            matches = matches_from_graph(result[0].numpy(), result[2].numpy())
         timings["matching"] = (clock() - t) * 1000
         detections = [Detections(features=f, keypoints=network_to_original(
             f.keypoints, (image.shape[1], image.shape[0]), size),
@@ -375,7 +356,7 @@ def section_levers(args, work: Path) -> dict:
     detections = registrar.detect([read_image(next(pair.glob("fixed.*"))),
                                    read_image(next(pair.glob("moving.*")))])
     real = matcher_feeds(SUPERGLUE_INPUTS, detections[0].features, detections[1].features,
-                         detections[0].network_size)
+                         detections[0].network_size, detections[1].network_size)
     pair_1024 = synthetic_pair(1024, 1024, (1024, 1024), (1024, 1024), seed=1)
     synthetic = {spec.name: pair_1024[spec.name] for spec in SUPERGLUE_INPUTS}
     variants = {}

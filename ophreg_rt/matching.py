@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from .config import Device, MnnConfig
 from .contract import (LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS,
-                       LightGlueIO, MetaKey, ModelKind, SuperGlueIO)
+                       MetaKey, ModelKind, SuperGlueIO, TensorSpec)
 from .features import Features
 from .sessions import LoadedModel, load_model
 
@@ -50,13 +51,43 @@ def mutual_nearest_neighbours(features0: Features, features1: Features,
     return Matches(pairs=pairs, scores=scores[keep].astype(np.float32))
 
 
-class SuperGlueRunner:
-    """Runs an exported SuperGlue graph (Sinkhorn, mutual check and threshold are in-graph)."""
+def matcher_feeds(inputs: Sequence[TensorSpec], features0: Features, features1: Features,
+                  network_size0: tuple[int, int], network_size1: tuple[int, int]
+                  ) -> dict[str, np.ndarray]:
+    """The contract inputs of a learned matcher graph for two unpadded feature sets.
+
+    LightGlue's input names are SuperGlue's less the detector scores, so one builder serves both:
+    it fills every SuperGlue field and keeps the ones ``inputs`` names.
+    """
+    values = {}
+    for i, (features, size) in enumerate(((features0, network_size0),
+                                          (features1, network_size1))):
+        values[SuperGlueIO.KEYPOINTS[i]] = features.keypoints[None].astype(np.float32)
+        values[SuperGlueIO.SCORES[i]] = features.scores[None].astype(np.float32)
+        values[SuperGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
+        values[SuperGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
+        values[SuperGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
+    return {spec.name: values[spec.name] for spec in inputs}
+
+
+def matches_from_graph(matches0: np.ndarray, scores0: np.ndarray) -> Matches:
+    """Matches of image 0 of a batch of one: ``matches0`` [1, N0] (-1 unmatched), scores [1, N0]."""
+    index0 = np.flatnonzero(matches0[0] >= 0)
+    pairs = np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64)
+    return Matches(pairs=pairs, scores=scores0[0, index0].astype(np.float32))
+
+
+class _GraphMatcherRunner:
+    """A learned matcher graph: contract-checked session, same call for every such graph."""
+
+    kind: str
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
 
     def __init__(self, model_path: str | os.PathLike, device: Device = Device.CPU,
                  threads: int | None = None, allow_cpu_fallback: bool = False):
         self.model: LoadedModel = load_model(
-            model_path, ModelKind.SUPERGLUE, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS,
+            model_path, self.kind, self.inputs, self.outputs,
             device=device, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
         self._outputs = [SuperGlueIO.MATCHES[0], SuperGlueIO.MATCHING_SCORES[0]]
 
@@ -65,47 +96,25 @@ class SuperGlueRunner:
         """``network_size``: (width, height) of the image each detector saw."""
         if len(features0) == 0 or len(features1) == 0:
             return _no_matches()
-        feeds = {}
-        for i, (features, size) in enumerate(((features0, network_size0),
-                                              (features1, network_size1))):
-            feeds[SuperGlueIO.KEYPOINTS[i]] = features.keypoints[None].astype(np.float32)
-            feeds[SuperGlueIO.SCORES[i]] = features.scores[None].astype(np.float32)
-            feeds[SuperGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
-            feeds[SuperGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
-            feeds[SuperGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
-        matches0, scores0 = self.model.session.run(self._outputs, feeds)
-        index0 = np.flatnonzero(matches0[0] >= 0)
-        pairs = np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64)
-        return Matches(pairs=pairs, scores=scores0[0, index0].astype(np.float32))
+        feeds = matcher_feeds(self.inputs, features0, features1, network_size0, network_size1)
+        return matches_from_graph(*self.model.session.run(self._outputs, feeds))
 
 
-class LightGlueRunner:
+class SuperGlueRunner(_GraphMatcherRunner):
+    """Runs an exported SuperGlue graph (Sinkhorn, mutual check and threshold are in-graph)."""
+
+    kind, inputs, outputs = ModelKind.SUPERGLUE, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS
+
+
+class LightGlueRunner(_GraphMatcherRunner):
     """Runs an exported LightGlue graph (all layers, mutual check and filter threshold in-graph).
 
     Same call as :class:`SuperGlueRunner`; the detector scores are not an input of LightGlue.
     """
 
+    kind, inputs, outputs = ModelKind.LIGHTGLUE, LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS
+
     def __init__(self, model_path: str | os.PathLike, device: Device = Device.CPU,
                  threads: int | None = None, allow_cpu_fallback: bool = False):
-        self.model: LoadedModel = load_model(
-            model_path, ModelKind.LIGHTGLUE, LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS,
-            device=device, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
+        super().__init__(model_path, device, threads, allow_cpu_fallback)
         self.filter_threshold = float(self.model.metadata[MetaKey.FILTER_THRESHOLD])
-        self._outputs = [LightGlueIO.MATCHES[0], LightGlueIO.MATCHING_SCORES[0]]
-
-    def __call__(self, features0: Features, features1: Features,
-                 network_size0: tuple[int, int], network_size1: tuple[int, int]) -> Matches:
-        """``network_size``: (width, height) of the image each detector saw."""
-        if len(features0) == 0 or len(features1) == 0:
-            return _no_matches()
-        feeds = {}
-        for i, (features, size) in enumerate(((features0, network_size0),
-                                              (features1, network_size1))):
-            feeds[LightGlueIO.KEYPOINTS[i]] = features.keypoints[None].astype(np.float32)
-            feeds[LightGlueIO.DESCRIPTORS[i]] = features.descriptors[None].astype(np.float32)
-            feeds[LightGlueIO.MASK[i]] = np.ones((1, len(features)), dtype=bool)
-            feeds[LightGlueIO.IMAGE_SIZE[i]] = np.array([size], dtype=np.float32)
-        matches0, scores0 = self.model.session.run(self._outputs, feeds)
-        index0 = np.flatnonzero(matches0[0] >= 0)
-        pairs = np.stack([index0, matches0[0, index0]], axis=1).astype(np.int64)
-        return Matches(pairs=pairs, scores=scores0[0, index0].astype(np.float32))
