@@ -368,7 +368,10 @@ def real_pairs_page(report: dict) -> str:
              "run on across tile edges). Consistency: mean distance a moving field-of-view pixel "
              "travels through A(moving→fixed) then A(fixed→moving), px at 1024 (0 is perfectly "
              "consistent; a wrong but consistent pair of estimates also scores low).",
-             f"Written by `python -m benchmarks.accuracy` ({report['command']}).", ""]
+             f"Written by `python -m benchmarks.accuracy` ({report['command']}).",
+             "The pictures land in `real_pairs/` beside this page when the benchmark runs; they "
+             "are not committed (git ignores them): the pairs of ../shared/data are for research "
+             "use only, and so are pictures made from them.", ""]
     for pair, per_pipeline in report["real_pairs"].items():
         lines += [f"## {pair}", "", "| pipeline | forward / backward | inliers | consistency "
                   "| time |", "|---|---|---|---|---|"]
