@@ -83,6 +83,8 @@ from .common import (
     load_checkpoint,
     name_dimensions,
     onnx_session,
+    run_graph,
+    run_module,
     sha256_file,
     update_manifest,
 )
@@ -467,15 +469,11 @@ class ParityFigures:
 
 
 def run_torch(model: LightGlue, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    with torch.no_grad():
-        outputs = model(*(torch.from_numpy(feeds[spec.name]) for spec in LIGHTGLUE_INPUTS))
-    return {spec.name: t.numpy() for spec, t in zip(LIGHTGLUE_OUTPUTS, outputs)}
+    return run_module(model, feeds, LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS)
 
 
 def run_onnx(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [spec.name for spec in LIGHTGLUE_OUTPUTS]
-    return dict(zip(names, session.run(names, {spec.name: feeds[spec.name]
-                                               for spec in LIGHTGLUE_INPUTS})))
+    return run_graph(session, feeds, LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS)
 
 
 def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str = ""

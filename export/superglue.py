@@ -50,7 +50,7 @@ from ophreg_rt.contract import (
 
 from .common import (
     attach_metadata, base_metadata, check_and_save, load_checkpoint, name_dimensions, onnx_session,
-    sha256_file, sha256_state_dict, update_manifest,
+    run_graph, run_module, sha256_file, sha256_state_dict, update_manifest,
 )
 
 #: Stands in for log(0) wherever a quantity must be "minus infinity": masked attention logits,
@@ -687,15 +687,11 @@ class ParityFigures:
 
 
 def run_torch(model: SuperGlue, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    with torch.no_grad():
-        outputs = model(*(torch.from_numpy(feeds[spec.name]) for spec in SUPERGLUE_INPUTS))
-    return {spec.name: t.numpy() for spec, t in zip(SUPERGLUE_OUTPUTS, outputs)}
+    return run_module(model, feeds, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS)
 
 
 def run_onnx(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [spec.name for spec in SUPERGLUE_OUTPUTS]
-    return dict(zip(names, session.run(names, {spec.name: feeds[spec.name]
-                                               for spec in SUPERGLUE_INPUTS})))
+    return run_graph(session, feeds, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS)
 
 
 def parity(session, model: SuperGlue, feeds: dict[str, np.ndarray], label: str = "",
