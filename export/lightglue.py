@@ -54,7 +54,6 @@ import dataclasses
 import inspect
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,6 @@ from .common import (
     base_metadata,
     check_and_save,
     load_checkpoint,
-    name_dimensions,
     onnx_session,
     run_graph,
     run_module,
@@ -89,9 +87,8 @@ from .common import (
     update_manifest,
 )
 from .superglue import (
-    _EXPORTER_OPSET,
     LOG_ZERO,
-    downgrade_opset_18_to_17,
+    export_with_dynamo,
     mutual_matches,
 )
 
@@ -385,18 +382,8 @@ def to_onnx(model: LightGlue) -> onnx.ModelProto:
     if parameters != [spec.name for spec in LIGHTGLUE_INPUTS]:
         raise RuntimeError(f"LightGlue.forward takes {parameters}, the contract's inputs are "
                            f"{[spec.name for spec in LIGHTGLUE_INPUTS]}")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="# The axis name")
-        program = torch.onnx.export(
-            model.eval(), _sample_inputs(batch=2, n0=11, n1=7), dynamo=True,
-            opset_version=max(OPSET, _EXPORTER_OPSET),
-            input_names=[spec.name for spec in LIGHTGLUE_INPUTS],
-            output_names=[spec.name for spec in LIGHTGLUE_OUTPUTS],
-            dynamic_shapes=dynamic, external_data=False, optimize=True, verbose=False)
-    proto = program.model_proto
-    if OPSET < _EXPORTER_OPSET:
-        downgrade_opset_18_to_17(proto)
-    name_dimensions(proto, LIGHTGLUE_INPUTS + LIGHTGLUE_OUTPUTS)
+    proto = export_with_dynamo(model, _sample_inputs(batch=2, n0=11, n1=7), LIGHTGLUE_INPUTS,
+                               LIGHTGLUE_OUTPUTS, dynamic)
     strip_trace_metadata(proto)
     return proto
 

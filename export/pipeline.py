@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,6 @@ from ophreg_rt.contract import (
 from .common import (
     attach_metadata,
     check_and_save,
-    name_dimensions,
     onnx_session,
     sha256_file,
 )
@@ -56,7 +54,7 @@ from .lightglue import (
     strip_trace_metadata,
     superpoint_feeds,
 )
-from .superglue import _EXPORTER_OPSET, downgrade_opset_18_to_17
+from .superglue import export_with_dynamo
 from .superpoint import SuperPoint, load_superpoint
 
 COMMAND = ModelKind.PIPELINE
@@ -119,17 +117,7 @@ def to_onnx(model: Pipeline) -> onnx.ModelProto:
         dynamic[spec.name] = {2: CELL * Dim(f"cells_h{i}", min=1),
                               3: CELL * Dim(f"cells_w{i}", min=1)}
     examples = (torch.rand(1, 1, CELL * 9, CELL * 11), torch.rand(1, 1, CELL * 10, CELL * 7))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="# The axis name")
-        program = torch.onnx.export(
-            model.eval(), examples, dynamo=True, opset_version=max(OPSET, _EXPORTER_OPSET),
-            input_names=[spec.name for spec in PIPELINE_INPUTS],
-            output_names=[spec.name for spec in PIPELINE_OUTPUTS],
-            dynamic_shapes=dynamic, external_data=False, optimize=True, verbose=False)
-    proto = program.model_proto
-    if OPSET < _EXPORTER_OPSET:
-        downgrade_opset_18_to_17(proto)
-    name_dimensions(proto, PIPELINE_INPUTS + PIPELINE_OUTPUTS)
+    proto = export_with_dynamo(model, examples, PIPELINE_INPUTS, PIPELINE_OUTPUTS, dynamic)
     strip_trace_metadata(proto)
     return proto
 

@@ -466,25 +466,33 @@ def to_onnx(model: SuperGlue) -> onnx.ModelProto:
     if parameters != [spec.name for spec in SUPERGLUE_INPUTS]:
         raise RuntimeError(f"SuperGlue.forward takes {parameters}, the contract's inputs are "
                            f"{[spec.name for spec in SUPERGLUE_INPUTS]}")
-    model = model.eval()
-    # The dynamo exporter: three independent dynamic dims, and torch.while_loop becomes one ONNX
-    # Loop. It writes opset 18; its own down-conversion to 17 fails on this graph (onnxscript
-    # hands initializers to the onnx C converter as graph inputs, so the converter cannot read
-    # the constant `axes` of the reductions, and it does not descend into the Loop body), hence
-    # the small, checked conversion below.
+    return export_with_dynamo(model, _sample_inputs(batch=2, n0=11, n1=7), SUPERGLUE_INPUTS,
+                              SUPERGLUE_OUTPUTS, dynamic)
+
+
+def export_with_dynamo(model: nn.Module, examples: tuple[torch.Tensor, ...], inputs, outputs,
+                       dynamic_shapes: dict) -> onnx.ModelProto:
+    """Every exporter's path to an ONNX graph at the contract's opset, names and dimensions.
+
+    The dynamo exporter handles independent dynamic dims and turns torch.while_loop into one
+    ONNX Loop. It writes opset 18; its own down-conversion to 17 fails on these graphs
+    (onnxscript hands initializers to the onnx C converter as graph inputs, so the converter
+    cannot read the constant ``axes`` of the reductions, and it does not descend into Loop
+    bodies), hence the small, checked conversion of ``downgrade_opset_18_to_17``.
+    ``inputs``/``outputs``: the contract's TensorSpecs, in the order of ``model.forward``.
+    """
     with torch.no_grad(), warnings.catch_warnings():
         # The exporter warns that it keeps one of two identical names for each dimension.
         warnings.filterwarnings("ignore", message="# The axis name")
         program = torch.onnx.export(
-            model, _sample_inputs(batch=2, n0=11, n1=7), dynamo=True,
-            opset_version=max(OPSET, _EXPORTER_OPSET),
-            input_names=[spec.name for spec in SUPERGLUE_INPUTS],
-            output_names=[spec.name for spec in SUPERGLUE_OUTPUTS],
-            dynamic_shapes=dynamic, external_data=False, optimize=True, verbose=False)
+            model.eval(), examples, dynamo=True, opset_version=max(OPSET, _EXPORTER_OPSET),
+            input_names=[spec.name for spec in inputs],
+            output_names=[spec.name for spec in outputs],
+            dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False)
     proto = program.model_proto
     if OPSET < _EXPORTER_OPSET:
         downgrade_opset_18_to_17(proto)
-    name_dimensions(proto, SUPERGLUE_INPUTS + SUPERGLUE_OUTPUTS)
+    name_dimensions(proto, tuple(inputs) + tuple(outputs))
     return proto
 
 
