@@ -1,13 +1,13 @@
 """Static INT8 (QDQ) quantisation of the SuperPoint graph, calibrated on real fundus images.
 
-What is quantised: the backbone and the first layer of both heads (``Conv``, the ``Relu`` after
-each of them, which onnxruntime folds into the quantisation range, and the three backbone
-``MaxPool``). What stays float32: the last 1x1 convolution of each head, whose outputs are the
-detector logits and the raw descriptors, and everything after them (softmax, depth-to-space,
-max-pool NMS, threshold, TopK, GridSample, L2 normalisation). Why the two last convolutions
-stay float: quantising the detector logits to 8 bits nearly doubled the keypoints above the
-0.005 threshold on fundus images (weak responses rounded up), and they cost about 1 % of the
-graph's arithmetic. The contract, the fixed keypoint slots and the ``ophreg.*`` metadata of the
+What is quantised: the backbone and the first layer of the detector head (``Conv``, the
+``Relu`` after each of them, which onnxruntime folds into the quantisation range, and the three
+backbone ``MaxPool``). What stays float32: the detector head's last 1x1 convolution, whose
+outputs are the logits, everything after it (softmax, depth-to-space, max-pool NMS, threshold,
+TopK), and the descriptor head, which the graph runs only at the keypoints as two matrix
+products (``SuperPoint.descriptors_at``; about 1.5 % of the graph's arithmetic at 1024
+keypoints). Why the logits stay float: quantising them to 8 bits nearly doubled the keypoints
+above the 0.005 threshold on fundus images (weak responses rounded up). The contract, the fixed keypoint slots and the ``ophreg.*`` metadata of the
 float graph are kept; ``ophreg.precision`` and ``ophreg.calibration`` say what this graph is.
 
 Calibration images are preprocessed exactly as the runtime does it

@@ -169,22 +169,87 @@ class SuperPoint(nn.Module):
         self.convDa = nn.Conv2d(c4, c5, 3, padding=1)
         self.convDb = nn.Conv2d(c5, DESCRIPTOR_DIM, 1)
 
-    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-resolution keypoint probabilities ``[B, H, W]`` and the L2-normalised
-        descriptor map ``[B, 256, H/8, W/8]`` (before NMS and selection)."""
+    def backbone(self, image: torch.Tensor) -> torch.Tensor:
+        """The shared encoder: ``[B, 1, H, W]`` -> ``[B, 128, H/8, W/8]``."""
         x = image
         for a, b, pool in ((self.conv1a, self.conv1b, True), (self.conv2a, self.conv2b, True),
                            (self.conv3a, self.conv3b, True), (self.conv4a, self.conv4b, False)):
             x = self.relu(b(self.relu(a(x))))
             if pool:
                 x = self.pool(x)
-        logits = self.convPb(self.relu(self.convPa(x)))
+        return x
+
+    def keypoint_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Full-resolution keypoint probabilities ``[B, H, W]`` (before NMS and selection)."""
+        logits = self.convPb(self.relu(self.convPa(features)))
         probabilities = F.softmax(logits, dim=1)[:, :-1]
         # Channel c = dy * 8 + dx of cell (i, j) is pixel (8i + dy, 8j + dx): depth-to-space.
-        scores = F.pixel_shuffle(probabilities, CELL)[:, 0]
-        descriptors = self.convDb(self.relu(self.convDa(x)))
-        descriptors = l2_normalize(descriptors, dim=1)
-        return scores, descriptors
+        return F.pixel_shuffle(probabilities, CELL)[:, 0]
+
+    def descriptor_map(self, features: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised descriptor of every cell, ``[B, 256, H/8, W/8]``."""
+        return l2_normalize(self.convDb(self.relu(self.convDa(features))), dim=1)
+
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoint probabilities ``[B, H, W]`` and the descriptor map, as published."""
+        features = self.backbone(image)
+        return self.keypoint_scores(features), self.descriptor_map(features)
+
+    def descriptors_at(self, features: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """``sample_descriptors(self.descriptor_map(features), keypoints)``, computed only at
+        the cells the samples read.
+
+        Bilinear sampling reads four cells per keypoint, so with K keypoints the descriptor head
+        runs on at most 4K cells instead of every cell: at 1024x1024 and 1024 keypoints
+        4096 of 16384, which takes the head from ~60 ms to ~15 ms an image on 2 cores
+        (benchmarks/latency.py, roofline). The head's 3x3 convolution becomes a product of
+        gathered 3x3 neighbourhoods with the same weights, the 1x1 one a plain product; the
+        cell coordinates and weights are grid_sample's (align_corners=True, zero padding), so
+        the result equals the dense path up to float32 rounding.
+        """
+        batch, channels, height, width = features.shape
+        s = CELL
+        # Magic Leap's pixel-to-cell mapping (see sample_descriptors), then grid_sample's own
+        # unnormalisation, written the same way so that the two paths agree to the last bits.
+        gx = (keypoints[..., 0] - s / 2 + 0.5) / (width * s - s / 2 - 0.5) * 2 - 1
+        gy = (keypoints[..., 1] - s / 2 + 0.5) / (height * s - s / 2 - 0.5) * 2 - 1
+        cx = (gx + 1) / 2 * (width - 1)
+        cy = (gy + 1) / 2 * (height - 1)
+        x0, y0 = torch.floor(cx), torch.floor(cy)
+        fx, fy = cx - x0, cy - y0
+        # The four cells each sample reads, [B, K, 4], in the order (y0,x0) (y0,x1) (y1,x0) (y1,x1).
+        corner_x = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)
+        corner_y = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
+        weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)
+        inside = ((corner_x >= 0) & (corner_x <= width - 1)
+                  & (corner_y >= 0) & (corner_y <= height - 1))
+        # Cells outside the map read zeros (grid_sample's padding): weight 0, any valid index.
+        weights = torch.where(inside, weights, torch.zeros_like(weights))
+        corner_x = corner_x.clamp(0, width - 1).long()
+        corner_y = corner_y.clamp(0, height - 1).long()
+
+        # Rows of the zero-padded map, one per (image, padded row, padded column): a cell's 3x3
+        # neighbourhood is 9 rows of it, in the (dy, dx, channel) order of `head_weight` below.
+        # Concatenated rather than F.pad: onnx cannot convert opset-18 Pad down to the contract's 17.
+        column = torch.zeros_like(features[..., :1])
+        padded = torch.cat([column, features, column], dim=3)
+        row = torch.zeros_like(padded[..., :1, :])
+        padded = torch.cat([row, padded, row], dim=2)
+        rows_per_image = (height + 2) * (width + 2)
+        table = padded.permute(0, 2, 3, 1).reshape(-1, channels)
+        offsets = torch.arange(3, device=features.device)
+        window = (offsets[:, None] * (width + 2) + offsets[None, :]).reshape(-1)  # [9]
+        image_start = torch.arange(batch, device=features.device) * rows_per_image
+        top_left = image_start[:, None, None] + corner_y * (width + 2) + corner_x  # [B, K, 4]
+        gathered = table[(top_left[..., None] + window).reshape(-1)]
+        patches = gathered.reshape(-1, 9 * channels)
+
+        head_weight = self.convDa.weight.permute(2, 3, 1, 0).reshape(9 * channels, -1)
+        hidden = self.relu(patches @ head_weight + self.convDa.bias)
+        cells = hidden @ self.convDb.weight[:, :, 0, 0].t() + self.convDb.bias
+        cells = l2_normalize(cells, dim=1).reshape(batch, -1, 4, DESCRIPTOR_DIM)
+        sampled = (cells * weights[..., None]).sum(dim=2)
+        return l2_normalize(sampled, dim=2)
 
     def forward(self, image: torch.Tensor):
         """``image`` float32 ``[B, 1, H, W]`` in [0, 1], H and W multiples of 8.
@@ -196,8 +261,8 @@ class SuperPoint(nn.Module):
         settings = self.settings
         k = settings.max_keypoints
         border = settings.remove_borders
-        scores, descriptor_map = self.dense(image)
-        scores = simple_nms(scores, settings.nms_radius)
+        features = self.backbone(image)
+        scores = simple_nms(self.keypoint_scores(features), settings.nms_radius)
         batch, height, width = scores.shape
 
         rows = torch.arange(height, device=scores.device)
@@ -220,7 +285,7 @@ class SuperPoint(nn.Module):
         coordinates = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
         coordinates = torch.cat([coordinates, coordinates.new_full((k, 2), -1.0)], dim=0)
         keypoints = coordinates[flat_index]  # [B, K, 2]
-        descriptors = sample_descriptors(descriptor_map, keypoints)
+        descriptors = self.descriptors_at(features, keypoints)
 
         keypoints = torch.where(mask[..., None], keypoints, torch.full_like(keypoints, -1.0))
         top_scores = torch.where(mask, top_scores, torch.zeros_like(top_scores))

@@ -22,8 +22,8 @@ from .errors import ContractMismatchError
 #: Bumped whenever a name, dtype, layout or the meaning of a metadata key changes.
 CONTRACT_VERSION = "1"
 
-#: ONNX opset of every exported graph. 16 is the first with GridSample (descriptor sampling);
-#: 17 is the newest the legacy and dynamo exporters both handle without contrib ops.
+#: ONNX opset of every exported graph: 17 has LayerNormalization (LightGlue) and is the newest
+#: the legacy and dynamo exporters both handle without contrib ops.
 OPSET = 17
 
 DESCRIPTOR_DIM = 256

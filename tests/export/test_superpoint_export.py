@@ -279,6 +279,28 @@ def test_descriptors_are_sampled_bilinearly_with_magic_leaps_pixel_to_cell_mappi
         assert abs(np.linalg.norm(got) - 1) < 1e-5
 
 
+@pytest.mark.parametrize(("height", "width"), [(3, 4), (16, 20), (128, 128)])
+def test_descriptors_at_keypoints_equal_sampling_the_dense_descriptor_map(height, width):
+    # The graph computes descriptors only at the four cells each keypoint samples; it must equal
+    # the published path (dense head, then bilinear sampling), including samples that straddle
+    # or leave the map (zero padding) and per image of a batch. Random weights and features
+    # exercise every channel; 1e-6 is float32 rounding of a sum of 1152 products.
+    torch.manual_seed(0)
+    model = sp.SuperPoint().eval()
+    features = torch.relu(torch.randn(2, 128, height, width))
+    count = 200
+    keypoints = torch.stack([torch.rand(2, count) * (8 * width + 20) - 10,
+                             torch.rand(2, count) * (8 * height + 20) - 10], dim=-1)
+    keypoints[:, :4] = torch.tensor([[3.5, 3.5], [0.0, 0.0], [8 * width - 1.0, 8 * height - 1.0],
+                                     [-1.0, -1.0]])  # first cell, corner, last pixel, padding
+    with torch.no_grad():
+        sparse = model.descriptors_at(features, keypoints)
+        dense = sp.sample_descriptors(model.descriptor_map(features), keypoints)
+    assert sparse.shape == (2, count, 256)
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=0, atol=1e-6)
+    assert not np.allclose(sparse[0].numpy(), sparse[1].numpy())
+
+
 def test_nms_keeps_separated_peaks_and_suppresses_weaker_neighbours_within_radius():
     scores = torch.zeros(1, 20, 20)
     scores[0, 5, 5] = 0.9
