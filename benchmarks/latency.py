@@ -16,6 +16,10 @@ Method
   constant folding / fusions, basic, all), both images as one batch vs two runs, intra/inter-op
   threads, IO binding; for SuperGlue the Sinkhorn formulation (log vs scaling) and the number of
   iterations, with their effect on the matches against the 100-iteration log-space graph.
+- Roofline: how near the machine's limit the SuperPoint convolutions run. The practical float32
+  peak is the faster of onnxruntime's and PyTorch's n x n x n matrix product (n = 2048); each
+  convolution's rate is 2 x its multiply-adds over its time, from onnxruntime's per-node profile
+  (one 1024² image) and from the same layer run alone in PyTorch.
 - RANSAC: 1024 correspondences, half outliers, 0.5 px noise; ours against cv2.estimateAffine2D
   (time and mean corner error), and its share of the end-to-end time.
 - Memory: peak resident set of a fresh process after one registration, and its resident set
@@ -64,7 +68,7 @@ WEIGHTS_DIR = Path(os.environ.get("OPHREG_WEIGHTS_DIR", REPO.parent / "shared" /
 WEIGHTS = WEIGHTS_DIR / "superpoint_v1.pth"
 LIGHTGLUE_WEIGHTS = WEIGHTS_DIR / "superpoint_lightglue.pth"
 CC0_RETINA = REPO / "tests" / "fixtures" / "skimage_retina.jpg"
-SECTIONS = ("pipeline", "sizes", "keypoints", "levers", "ransac", "memory")
+SECTIONS = ("pipeline", "sizes", "keypoints", "levers", "roofline", "ransac", "memory")
 
 
 def summarise(samples: list[float]) -> dict:
@@ -105,9 +109,10 @@ def alternate(runs: dict[str, Callable[[], dict[str, float] | None]], warmup: in
 
 def session(path: Path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             inter_threads: int = 1, arena: bool = True,
-            memory_pattern: bool = False) -> ort.InferenceSession:
+            memory_pattern: bool = False, spinning: bool = False) -> ort.InferenceSession:
     """A session as ophreg_rt.sessions makes it, with one setting changed at a time."""
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = level
     options.enable_cpu_mem_arena = arena
     options.enable_mem_pattern = memory_pattern
@@ -310,6 +315,133 @@ def section_keypoints(args, work: Path) -> dict:
     return out
 
 
+def section_spinning(args) -> dict:
+    """SuperPoint's session then LightGlue's on the real pair: pool threads spinning or not.
+
+    The lever only shows when two sessions share the cores one after the other, as in a pair.
+    """
+    lightglue_graph = Path(default_matcher_graph(MatcherName.LIGHTGLUE))
+    if not lightglue_graph.is_file():
+        return {}
+    pair = DATA_DIR / "pairs" / args.pair
+    config = RegistrarConfig().preprocess
+    batch = np.stack([network_input(read_image(next(pair.glob(f"{side}.*"))), config)
+                      for side in ("fixed", "moving")])
+    runs = {}
+    for spinning in (True, False):
+        detector = session(default_superpoint(), args.threads, spinning=spinning)
+        matcher = session(lightglue_graph, args.threads, spinning=spinning)
+
+        def run(detector=detector, matcher=matcher) -> dict[str, float]:
+            started = time.perf_counter()
+            features = _features_of(*detector.run(None, {"image": batch}))
+            detected = time.perf_counter()
+            matcher.run(None, matcher_feeds(LIGHTGLUE_INPUTS, features[0], features[1],
+                                            config.size, config.size))
+            return {"superpoint": (detected - started) * 1000,
+                    "matching": (time.perf_counter() - detected) * 1000}
+
+        label = "spinning (onnxruntime's default)" if spinning else "not spinning (ours)"
+        runs[f"superpoint + lightglue, threads {label}"] = run
+    timed = alternate(runs, 1, args.repeats)
+    for name, value in timed.items():
+        print(f"  lever {name}: {value['total']['median_ms']:.0f} ms", flush=True)
+    return timed
+
+
+def matmul_rates(threads: int, n: int = 2048) -> dict[str, float]:
+    """GFLOP/s of an n x n x n float32 matrix product in onnxruntime and in PyTorch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "matmul.onnx"
+        onnx.save(proto, path)
+        matmul = session(path, threads)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    timed = alternate({"onnxruntime": lambda: matmul.run(None, {"a": a, "b": b}),
+                       "torch": lambda: torch.mm(ta, tb)}, 2, 7)
+    return {name: 2 * n ** 3 / (value["total"]["median_ms"] / 1000) / 1e9
+            for name, value in timed.items()}
+
+
+def conv_profile(threads: int, image: np.ndarray, repeats: int) -> list[dict]:
+    """Per-Conv node of the SuperPoint graph: shapes, multiply-adds and median time (ms)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_mem_pattern = False
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "superpoint")
+        graph = ort.InferenceSession(str(default_superpoint()), options,
+                                     providers=["CPUExecutionProvider"])
+        graph.run(None, {"image": image})  # warm-up, dropped below
+        for _ in range(repeats):
+            graph.run(None, {"image": image})
+        events = json.loads(Path(graph.end_profiling()).read_text())
+    times: dict[str, list[float]] = {}
+    shapes: dict[str, dict] = {}
+    for event in events:
+        if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                and event["args"].get("op_name") == "Conv"):
+            times.setdefault(event["name"], []).append(event["dur"] / 1000)
+            shapes[event["name"]] = event["args"]
+    layers = []
+    for name, samples in times.items():
+        inputs = [next(iter(x.values())) for x in shapes[name]["input_type_shape"]]
+        output = next(iter(shapes[name]["output_type_shape"][0].values()))
+        weight = inputs[1]
+        macs = int(np.prod(output)) * int(np.prod(weight[1:]))
+        layers.append({"node": name.removesuffix("_kernel_time"), "input": inputs[0],
+                       "weight": weight, "output": output, "macs": macs,
+                       "median_ms": float(np.median(samples[1:]))})
+    return layers
+
+
+def section_roofline(args, work: Path) -> dict:
+    torch = _torch()
+    torch.set_num_threads(args.threads)
+    import torch.nn.functional as F
+
+    image = network_input(read_image(CC0_RETINA), RegistrarConfig().preprocess)[None]
+    peak = matmul_rates(args.threads)
+    layers = conv_profile(args.threads, image, max(3, args.repeats))
+    for layer in layers:
+        # The same convolution (+ ReLU where the graph fused one) alone in PyTorch.
+        x = torch.rand(*layer["input"])
+        w = torch.rand(*layer["weight"])
+        padding = layer["weight"][-1] // 2
+
+        def run(x=x, w=w, padding=padding):
+            with torch.inference_mode():
+                F.relu(F.conv2d(x, w, padding=padding))
+
+        layer["torch_median_ms"] = alternate({"torch": run}, 1, max(3, args.repeats // 2)
+                                             )["torch"]["total"]["median_ms"]
+        for engine, key in (("onnxruntime", "median_ms"), ("torch", "torch_median_ms")):
+            layer[f"{engine}_gflops"] = 2 * layer["macs"] / (layer[key] / 1000) / 1e9
+        print(f"  conv {layer['node']} {layer['weight']}: onnxruntime "
+              f"{layer['onnxruntime_gflops']:.0f} GFLOP/s, torch {layer['torch_gflops']:.0f}",
+              flush=True)
+    total_macs = sum(layer["macs"] for layer in layers)
+    totals = {engine: 2 * total_macs / (sum(layer[key] for layer in layers) / 1000) / 1e9
+              for engine, key in (("onnxruntime", "median_ms"), ("torch", "torch_median_ms"))}
+    print(f"  matrix-product peak {peak}; convolutions: {totals}", flush=True)
+    return {"image_side": int(image.shape[-1]), "matmul_gflops": peak, "convolutions": layers,
+            "convolutions_gflops": totals, "convolution_gmacs": total_macs / 1e9}
+
+
 def section_levers(args, work: Path) -> dict:
     from export.superglue import synthetic_pair
 
@@ -349,6 +481,9 @@ def section_levers(args, work: Path) -> dict:
            "memory_settings": memory_settings(args.threads)}
     for name, value in out["superpoint"].items():
         print(f"  lever {name}: {value['total']['median_ms']:.0f} ms", flush=True)
+    spinning = section_spinning(args)
+    if spinning:
+        out["pair_spinning"] = spinning
 
     # Sinkhorn: formulation and iterations, on SuperPoint features of a real pair.
     pair = DATA_DIR / "pairs" / args.pair
@@ -627,6 +762,10 @@ def tables(report: dict) -> str:
                   "| variant | time |", "|---|---|"]
         for name, value in sections["levers"]["superpoint"].items():
             lines.append(f"| {name} | {_cell(value['total'])} |")
+        for name, value in sections["levers"].get("pair_spinning", {}).items():
+            split = ", ".join(f"{stage} {value[stage]['median_ms']:.0f}"
+                              for stage in ("superpoint", "matching"))
+            lines.append(f"| {name}, real pair | {_cell(value['total'])} ({split}) |")
         lines += ["", "SuperPoint resident memory (MiB) after each of 3 runs, and peak:", "",
                   "| session setting | RSS after runs | peak |", "|---|---|---|"]
         for name, value in sections["levers"].get("memory_settings", {}).items():
@@ -642,6 +781,23 @@ def tables(report: dict) -> str:
                          f"{value['real_pair_matches']} / {value['real_pair_matches_reference']} | "
                          f"{value['real_pair_assignments_identical_share']:.1%} | "
                          f"{value['real_pair_max_abs_log_assignment_diff']:.2g} |")
+        lines.append("")
+    if "roofline" in sections:
+        r = sections["roofline"]
+        peak = r["matmul_gflops"]
+        lines += [(f"Roofline (one {r['image_side']}² image): a 2048³ float32 matrix product runs "
+                   f"at {peak['onnxruntime']:.0f} GFLOP/s in onnxruntime and {peak['torch']:.0f} "
+                   f"in PyTorch. SuperPoint's convolutions ({r['convolution_gmacs']:.1f} G "
+                   f"multiply-adds) run at {r['convolutions_gflops']['onnxruntime']:.0f} GFLOP/s "
+                   f"in the graph and {r['convolutions_gflops']['torch']:.0f} in PyTorch:"), "",
+                  "| node | weight | onnxruntime ms | GFLOP/s | torch ms | GFLOP/s | torch / onnxruntime |",
+                  "|---|---|---|---|---|---|---|"]
+        for layer in r["convolutions"]:
+            lines.append(
+                f"| {layer['node']} | {'×'.join(map(str, layer['weight']))} | "
+                f"{layer['median_ms']:.1f} | {layer['onnxruntime_gflops']:.0f} | "
+                f"{layer['torch_median_ms']:.1f} | {layer['torch_gflops']:.0f} | "
+                f"{layer['torch_median_ms'] / layer['median_ms']:.2f}× |")
         lines.append("")
     if "ransac" in sections:
         r = sections["ransac"]

@@ -68,6 +68,11 @@ def load_model(path: str | os.PathLike, model_kind: str, inputs: Sequence[Tensor
     # SuperPoint at 1024x1024 (batch of two), resident memory 2.25 GB with it and 1.17 GB
     # without, at the same speed (benchmarks/latency.py, levers).
     options.enable_mem_pattern = False
+    # Idle pool threads spin by default; a pair runs SuperPoint's session and then the matcher's,
+    # each with its own pool, so spinning SuperPoint threads steal the cores the matcher needs.
+    # Measured end to end (SuperPoint + LightGlue, 1024x1024 pair, 2 threads): 2138 ms spinning,
+    # 2081 ms not; SuperPoint alone is unchanged (benchmarks/latency.py, levers).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
