@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import math
 import sys
 from pathlib import Path
 
@@ -88,7 +87,12 @@ from .common import (
 )
 from .superglue import (
     LOG_ZERO,
+    KeyMask,
+    attend,
+    attention_scale,
     export_with_dynamo,
+    key_bias,
+    key_mask,
     mutual_matches,
 )
 
@@ -119,17 +123,6 @@ RELEVANT_PROBABILITY = 1e-4
 def _ffn(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.LayerNorm(2 * dim, elementwise_affine=True),
                          nn.GELU(), nn.Linear(2 * dim, dim))
-
-
-def _masked_softmax(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over the last axis; ``keep`` (broadcastable bool) excludes keys.
-
-    With every key of a row excluded the row is all zeros (no message), not NaN.
-    """
-    if keep is None:
-        return logits.softmax(dim=-1)
-    prob = torch.where(keep, logits, LOG_ZERO).softmax(dim=-1)
-    return prob * keep.to(prob.dtype)
 
 
 class FourierRotaryEncoding(nn.Module):
@@ -166,21 +159,20 @@ class SelfBlock(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.scale = attention_scale(self.head_dim)
         self.Wqkv = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
         self.ffn = _ffn(dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        """x [B, N, D]; cos, sin [B, 1, N, head_dim]; mask [B, N] bool or None."""
+                keys: KeyMask | None) -> torch.Tensor:
+        """x [B, N, D]; cos, sin [B, 1, N, head_dim]; keys: x's padded slots, or None."""
         batch, n, _ = x.shape
         qkv = self.Wqkv(x).reshape(batch, n, self.num_heads, self.head_dim, 3).transpose(1, 2)
         query, key, value = qkv[..., 0], qkv[..., 1], qkv[..., 2]  # [B, H, N, head_dim]
-        query = rotate_pairs(query, cos, sin)
+        query = rotate_pairs(query, cos, sin) * self.scale
         key = rotate_pairs(key, cos, sin)
-        logits = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim)
-        keep = None if mask is None else mask[:, None, None, :]
-        context = _masked_softmax(logits, keep) @ value
+        context = attend(query @ key.transpose(-1, -2), value, keys)
         message = self.out_proj(context.transpose(1, 2).reshape(batch, n, -1))
         return x + self.ffn(torch.cat([x, message], dim=-1))
 
@@ -190,6 +182,7 @@ class CrossBlock(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.scale = attention_scale(self.head_dim)
         self.to_qk = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.Linear(dim, dim)
@@ -201,15 +194,13 @@ class CrossBlock(nn.Module):
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor | None,
-                mask1: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, keys0: KeyMask | None,
+                keys1: KeyMask | None) -> tuple[torch.Tensor, torch.Tensor]:
         qk0, qk1 = self._heads(self.to_qk(x0)), self._heads(self.to_qk(x1))
         v0, v1 = self._heads(self.to_v(x0)), self._heads(self.to_v(x1))
-        similarity = qk0 @ qk1.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, H, N0, N1]
-        keep1 = None if mask1 is None else mask1[:, None, None, :]
-        keep0 = None if mask0 is None else mask0[:, None, None, :]
-        message0 = _masked_softmax(similarity, keep1) @ v1
-        message1 = _masked_softmax(similarity.transpose(-1, -2), keep0) @ v0
+        similarity = (qk0 * self.scale) @ qk1.transpose(-1, -2)  # [B, H, N0, N1]
+        message0 = attend(similarity, v1, keys1)
+        message1 = attend(similarity.transpose(-1, -2), v0, keys0)
         x0 = x0 + self.ffn(torch.cat([x0, self.to_out(self._merge(message0))], dim=-1))
         x1 = x1 + self.ffn(torch.cat([x1, self.to_out(self._merge(message1))], dim=-1))
         return x0, x1
@@ -236,9 +227,12 @@ class MatchAssignment(nn.Module):
             log_rows = F.log_softmax(similarity, dim=2)
             log_cols = F.log_softmax(similarity, dim=1)
         else:
+            # Added biases for the reason and within the bound of superglue.attend: padded
+            # entries add exact zeros to each log-sum-exp. They are not LOG_ZERO themselves;
+            # the Where below writes that into every entry with a padded side.
             keep = mask0[:, :, None] & mask1[:, None, :]
-            log_rows = F.log_softmax(torch.where(mask1[:, None, :], similarity, LOG_ZERO), dim=2)
-            log_cols = F.log_softmax(torch.where(mask0[:, :, None], similarity, LOG_ZERO), dim=1)
+            log_rows = F.log_softmax(similarity + key_bias(mask1)[:, None, :], dim=2)
+            log_cols = F.log_softmax(similarity + key_bias(mask0)[:, :, None], dim=1)
         inner = log_rows + log_cols + log_sigmoid(z0) + log_sigmoid(z1).transpose(1, 2)
         unmatched0 = log_sigmoid(-z0)  # [B, M, 1]
         unmatched1 = log_sigmoid(-z1).transpose(1, 2)  # [B, 1, N]
@@ -300,11 +294,12 @@ class LightGlue(nn.Module):
             raise ValueError("give both masks or neither")
         cos0, sin0 = self.posenc(normalize_keypoints(keypoints0, image_size0))
         cos1, sin1 = self.posenc(normalize_keypoints(keypoints1, image_size1))
+        keys0, keys1 = key_mask(mask0), key_mask(mask1)
         x0, x1 = descriptors0, descriptors1
         for self_block, cross_block in zip(self.self_attn, self.cross_attn):
-            x0 = self_block(x0, cos0, sin0, mask0)
-            x1 = self_block(x1, cos1, sin1, mask1)
-            x0, x1 = cross_block(x0, x1, mask0, mask1)
+            x0 = self_block(x0, cos0, sin0, keys0)
+            x1 = self_block(x1, cos1, sin1, keys1)
+            x0, x1 = cross_block(x0, x1, keys0, keys1)
         log_assignment = self.log_assignment[-1](x0, x1, mask0, mask1)
         matches0, matches1, mscores0, mscores1 = mutual_matches(
             log_assignment, self.settings.filter_threshold, mask0, mask1)

@@ -308,6 +308,24 @@ def test_all_true_masks_are_exactly_the_unmasked_algorithm(model, small_pair):
         assert torch.equal(a, b)
 
 
+def test_padded_keys_get_exactly_zero_weight_and_a_query_with_no_key_an_empty_message():
+    # The mask is an added bias, so a padded key keeps its own logit under LOG_ZERO: put it
+    # 5,000 above every kept logit (LightGlue's real logits stay within +-750), well inside
+    # the bound of ``attend`` (1e4 - 104). Exact zero weight means that nothing about the padded
+    # keys, neither their logits nor their values, can change the output by a single bit.
+    torch.manual_seed(0)
+    logits, value = torch.randn(2, 4, 5, 7) * 100, torch.randn(2, 4, 7, 3)
+    logits[0, :, :, 5:] += 5000.0
+    keys = sg.key_mask(torch.tensor([[True] * 5 + [False] * 2, [False] * 7]))
+    other_logits, other_value = logits.clone(), value.clone()
+    other_logits[0, :, :, 5:] = torch.randn(4, 5, 2) * 100 + 5000.0
+    other_value[0, :, 5:] = torch.randn(4, 2, 3) * 1e3
+    got = sg.attend(logits, value, keys)
+    assert torch.equal(got, sg.attend(other_logits, other_value, keys))
+    torch.testing.assert_close(got[0], logits[0, :, :, :5].softmax(dim=-1) @ value[0, :, :5])
+    assert torch.equal(got[1], torch.zeros_like(got[1]))
+
+
 def test_sinkhorn_marginals_count_only_valid_keypoints():
     # Marginals of the paper: each of the m valid rows 1, dustbin row n, each of the n valid
     # columns 1, dustbin column m, padded slots 0. Iterated to convergence here (at 100
