@@ -109,9 +109,13 @@ def alternate(runs: dict[str, Callable[[], dict[str, float] | None]], warmup: in
 
 def session(path: Path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             inter_threads: int = 1, arena: bool = True,
-            memory_pattern: bool = False, spinning: bool = False) -> ort.InferenceSession:
+            memory_pattern: bool = False, spinning: bool = False,
+            profile_prefix: str | None = None) -> ort.InferenceSession:
     """A session as ophreg_rt.sessions makes it, with one setting changed at a time."""
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = level
     options.enable_cpu_mem_arena = arena
@@ -375,17 +379,9 @@ def matmul_rates(threads: int, n: int = 2048) -> dict[str, float]:
 
 def conv_profile(threads: int, image: np.ndarray, repeats: int) -> list[dict]:
     """Per-Conv node of the SuperPoint graph: shapes, multiply-adds and median time (ms)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_mem_pattern = False
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "superpoint")
-        graph = ort.InferenceSession(str(default_superpoint()), options,
-                                     providers=["CPUExecutionProvider"])
+        graph = session(default_superpoint(), threads,
+                        profile_prefix=str(Path(folder) / "superpoint"))
         graph.run(None, {"image": image})  # warm-up, dropped below
         for _ in range(repeats):
             graph.run(None, {"image": image})
