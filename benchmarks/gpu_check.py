@@ -223,8 +223,8 @@ def accuracy_against(registrar: Registrar, reference: Registrar, case) -> dict:
                                                        len(result.keypoints_moving)],
             "num_keypoints_fp32": [len(baseline.keypoints_fixed), len(baseline.keypoints_moving)],
             "num_matches": len(result.matches), "num_matches_fp32": len(baseline.matches),
-            "error_px": mean_fov_error(result.matrix, case),
-            "error_px_fp32": mean_fov_error(baseline.matrix, case)}
+            "error_px": mean_fov_error(result, case),
+            "error_px_fp32": mean_fov_error(baseline, case)}
 
 
 def section(report: dict, name: str, fn) -> None:

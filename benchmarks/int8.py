@@ -181,7 +181,7 @@ def registration_errors(registrars: dict[str, Registrar], cases: dict[str, list]
             for matcher, registrar in registrars.items():
                 result = registrar.fit(fixed, moving, registrar.match(fixed, moving))
                 errors[matcher][category].append(
-                    mean_fov_error(result.matrix if result.ok else None, case))
+                    mean_fov_error(result, case))
     return errors
 
 

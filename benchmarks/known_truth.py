@@ -12,6 +12,10 @@ method's three tasks (``CATEGORIES``):
   blur (sigma 1-3 px at 1024); task 2.
 * ``angio``: moderate motion (SMALL_MOTION's ranges), the photometric change, then the green
   channel inverted (vessels bright on dark, as in a fluorescein angiogram); task 3.
+* ``curved``: SMALL_MOTION composed with a seeded quadratic bend (``random_quadratic``) whose
+  departure from the affine reaches CURVE_RANGE px at 1024 at the field's edge, as the curved
+  retina does between wide-field views, and the photometric change. Its truth is a quadratic
+  (``(2, 6)`` coefficients, ``ophreg_rt.quadratic``); an affine cannot be exact here.
 
 The true registration (moving -> fixed) is the inverse of the warp. The error of an estimate is
 the mean distance, over the FIXED image's field of view (sampled on an 8-px grid), between
@@ -31,6 +35,8 @@ import numpy as np
 
 from ophreg_rt.config import REFERENCE_SIZE
 from ophreg_rt.imageio import read_image
+from ophreg_rt.quadratic import fit_quadratic, inverse_map, map_quadratic
+from ophreg_rt.registrar import RegistrationResult
 from ophreg_rt.transforms import apply
 
 GAIN_RANGE = (0.8, 1.2)
@@ -41,6 +47,10 @@ SUCCESS_PX = 5.0
 GAIN_FIELD_RANGE = (0.5, 1.3)
 #: Blur of the large-motion category: Gaussian sigma, px at 1024.
 BLUR_SIGMA_RANGE = (1.0, 3.0)
+#: Curved category: largest departure of the true quadratic from an affine, px at 1024. The
+#: real pairs' affine residual floors (1-3 px mean, several px at the edge; benchmarks/README.md)
+#: put real bends in this range.
+CURVE_RANGE = (6.0, 15.0)
 _GRID_STEP = 8
 
 
@@ -67,7 +77,20 @@ class Case:
     name: str
     fixed: np.ndarray
     moving: np.ndarray
-    truth: np.ndarray  # 3x3, moving -> fixed
+    #: moving -> fixed: a 3x3 matrix, or (2, 6) coefficients of a quadratic (``curved``)
+    truth: np.ndarray
+
+    def truth_inverse(self, points: np.ndarray) -> np.ndarray:
+        """The moving pixels that truly belong at ``(N, 2)`` fixed pixels."""
+        if self.truth.shape == (2, 6):
+            return inverse_map(self.truth, points, (self.moving.shape[1], self.moving.shape[0]))
+        return apply(np.linalg.inv(self.truth), points)
+
+
+def _mapper(estimate: np.ndarray | RegistrationResult):
+    if isinstance(estimate, RegistrationResult):
+        return estimate.map_points
+    return lambda points: apply(estimate, points)
 
 
 def field_of_view(image: np.ndarray) -> np.ndarray:
@@ -101,6 +124,26 @@ def random_affine(rng: np.random.Generator, size: tuple[int, int],
     return matrix
 
 
+def random_quadratic(rng: np.random.Generator, size: tuple[int, int],
+                     motion: Motion = SMALL_MOTION) -> np.ndarray:
+    """``(2, 6)`` coefficients of a MOVING -> FIXED quadratic: a random affine (``motion``)
+    then a bend ``d * (a1 u² + a2 uv + a3 v²)`` per axis, u, v the fixed pixel relative to the
+    centre over half the longer side, scaled so that the largest bend over the image is
+    CURVE_RANGE px at 1024."""
+    width, height = size
+    affine = random_affine(rng, size, motion)
+    grid_x, grid_y = np.meshgrid(np.linspace(0, width - 1, 21), np.linspace(0, height - 1, 21))
+    moving = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+    planar = apply(affine, moving)
+    half = max(size) / 2.0
+    u = (planar[:, 0] - (width - 1) / 2.0) / half
+    v = (planar[:, 1] - (height - 1) / 2.0) / half
+    shape = np.stack([u * u, u * v, v * v], axis=1) @ rng.uniform(-1, 1, size=(3, 2))
+    largest = np.linalg.norm(shape, axis=1).max()
+    bend = rng.uniform(*CURVE_RANGE) * max(size) / REFERENCE_SIZE
+    return fit_quadratic(moving, planar + shape * bend / largest)
+
+
 def photometric_change(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     high = float(np.iinfo(image.dtype).max)
     gain, gamma = rng.uniform(*GAIN_RANGE), rng.uniform(*GAMMA_RANGE)
@@ -131,8 +174,8 @@ def angio_like(image: np.ndarray) -> np.ndarray:
     return (np.iinfo(green.dtype).max - green).astype(green.dtype)
 
 
-#: The categories of the accuracy benchmark, each standing for one of the method's tasks.
-CATEGORIES = ("small", "large", "angio")
+#: The categories of the accuracy benchmark: the method's three tasks, and a curved retina.
+CATEGORIES = ("small", "large", "angio", "curved")
 
 
 def make_category_cases(paths: list[Path], per_image: int, seed: int) -> dict[str, list[Case]]:
@@ -150,17 +193,33 @@ def make_category_cases(paths: list[Path], per_image: int, seed: int) -> dict[st
         for k in range(per_image):
             for name in CATEGORIES:
                 rng = generators[name]
-                forward = random_affine(rng, size, LARGE_MOTION if name == "large"
-                                        else SMALL_MOTION)
-                moving = cv2.warpAffine(fixed, forward[:2], size, flags=cv2.INTER_LINEAR)
+                if name == "curved":
+                    truth = random_quadratic(rng, size)
+                    moving = warp_by_quadratic(fixed, truth)
+                else:
+                    forward = random_affine(rng, size, LARGE_MOTION if name == "large"
+                                            else SMALL_MOTION)
+                    moving = cv2.warpAffine(fixed, forward[:2], size, flags=cv2.INTER_LINEAR)
+                    truth = np.linalg.inv(forward)
                 moving = photometric_change(moving, rng)
                 if name == "large":
                     moving = blur(uneven_illumination(moving, rng), rng)
                 elif name == "angio":
                     moving = angio_like(moving)
-                cases[name].append(Case(f"{path.stem}#{k}:{name}", fixed, moving,
-                                        np.linalg.inv(forward)))
+                cases[name].append(Case(f"{path.stem}#{k}:{name}", fixed, moving, truth))
     return cases
+
+
+def warp_by_quadratic(fixed: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The moving image of a quadratic truth (moving -> fixed): each moving pixel samples the
+    fixed image where the truth sends it, so no inverse is needed to make the case."""
+    height, width = fixed.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float64),
+                                 np.arange(height, dtype=np.float64))
+    source = map_quadratic(truth, np.stack([grid_x.ravel(), grid_y.ravel()], axis=1))
+    map_x = source[:, 0].reshape(height, width).astype(np.float32)
+    map_y = source[:, 1].reshape(height, width).astype(np.float32)
+    return cv2.remap(fixed, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def overlap(case: Case) -> float:
@@ -171,7 +230,7 @@ def overlap(case: Case) -> float:
     which also holds for the angio-like appearance whose inverted background is not black.
     """
     points = _fov_grid(case.fixed)
-    source = apply(np.linalg.inv(case.truth), points)
+    source = case.truth_inverse(points)
     height, width = case.moving.shape[:2]
     inside = ((source[:, 0] >= 0) & (source[:, 0] <= width - 1)
               & (source[:, 1] >= 0) & (source[:, 1] <= height - 1))
@@ -199,24 +258,33 @@ def make_cases(paths: list[Path], per_image: int, seed: int,
     return cases
 
 
-def mean_fov_error(estimate: np.ndarray | None, case: Case) -> float:
+def mean_fov_error(estimate: np.ndarray | RegistrationResult | None, case: Case) -> float:
     """Mean error over the FIXED image's field of view, px at REFERENCE_SIZE (module docstring).
 
-    For each fixed FOV pixel p, the moving pixel that truly belongs there is ``T^-1 p``; the
-    estimate sends it to ``E(T^-1 p)``, and the distance to p is measured in fixed pixels.
+    estimate: a 3x3 matrix (moving -> fixed), a registration result (any transform model; a
+    failed one counts as infinite), or None (failed). For each fixed FOV pixel p, the moving
+    pixel that truly belongs there is ``T^-1 p``; the estimate sends it to ``E(T^-1 p)``, and
+    the distance to p is measured in fixed pixels.
     """
+    if isinstance(estimate, RegistrationResult):
+        estimate = estimate.map_points if estimate.ok else None
     if estimate is None:
         return float("inf")
     points = _fov_grid(case.fixed)
-    source = apply(np.linalg.inv(case.truth), points)
-    distance = np.linalg.norm(apply(estimate, source) - points, axis=1)
+    source = case.truth_inverse(points)
+    mapped = estimate(source) if callable(estimate) else apply(estimate, source)
+    distance = np.linalg.norm(mapped - points, axis=1)
     return float(distance.mean() * REFERENCE_SIZE / max(case.fixed.shape[:2]))
 
 
-def round_trip_error(forward: np.ndarray, backward: np.ndarray, image: np.ndarray) -> float:
-    """Mean distance a FOV pixel of ``image`` travels through forward then backward, px at 1024."""
+def round_trip_error(forward: np.ndarray | RegistrationResult,
+                     backward: np.ndarray | RegistrationResult, image: np.ndarray) -> float:
+    """Mean distance a FOV pixel of ``image`` travels through forward then backward, px at 1024.
+
+    forward, backward: 3x3 matrices or successful registration results (any transform model).
+    """
     mask = field_of_view(image)
     ys, xs = np.nonzero(mask[::_GRID_STEP, ::_GRID_STEP])
     points = np.stack([xs, ys], axis=1).astype(np.float64) * _GRID_STEP
-    back = apply(backward @ forward, points)
+    back = _mapper(backward)(_mapper(forward)(points))
     return float(np.linalg.norm(back - points, axis=1).mean() * REFERENCE_SIZE / max(image.shape[:2]))

@@ -124,7 +124,7 @@ def evaluate(registrars, lightglue, cases: list[Case], keypoints: list[int],
                     rows.append({"case": case.name, "preprocess": mode, "keypoints": k,
                                  "matcher": name, "matches": len(matches),
                                  "inliers": result.num_inliers,
-                                 "error_px": _finite(mean_fov_error(result.matrix, case))})
+                                 "error_px": _finite(mean_fov_error(result, case))})
     return rows
 
 

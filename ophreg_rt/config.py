@@ -118,6 +118,12 @@ class TransformModel(str, Enum):
     AFFINE = "affine"  # (6) the method's
     SIMILARITY = "similarity"  # (4) rotation, isotropic scale, shift
     HOMOGRAPHY = "homography"  # (8)
+    #: (12) second-order polynomial, for the curved retina (ophreg_rt/quadratic.py); grown
+    #: from an affine RANSAC's inliers and refused when they cannot support it
+    QUADRATIC = "quadratic"
+    #: per pair, the quadratic when it predicts held-out inliers better than the affine by
+    #: QuadraticConfig.auto_gain and passes its refusals, else the affine (DESIGN.md)
+    AUTO = "auto"
 
 
 #: Side length, in pixels, of the frame in which pixel thresholds and errors are stated:
@@ -133,6 +139,30 @@ class RansacConfig:
     max_iterations: int = 10_000
     batch_size: int = 256  # hypotheses scored together
     min_inliers: int = 10
+
+
+@dataclass(frozen=True)
+class QuadraticConfig:
+    """How the quadratic is grown from the affine RANSAC's inliers, and when it is refused.
+
+    Lengths are px at REFERENCE_SIZE. Values measured on the real pairs' control points and
+    the known-truth benchmark (benchmarks/README.md, "Real-pair precision").
+    """
+
+    #: Inliers needed: 12 parameters, and enough beyond them that each held-out residual is
+    #: an honest estimate.
+    min_inliers: int = 30
+    #: Convex hull of the inliers (fixed image) over the area the two images share: a
+    #: quadratic extrapolates badly outside the points it was fitted on.
+    min_coverage: float = 0.25
+    #: Largest distance, over the shared field of view, between the quadratic and the affine
+    #: fitted to the same inliers: the retina's curvature moves points by a few px, not tens.
+    max_departure: float = 25.0
+    #: Least-squares rounds on the inliers, each re-selecting inliers under the quadratic.
+    refit_rounds: int = 5
+    #: AUTO keeps the quadratic only when its leave-one-out RMS residual on the inliers is at
+    #: most this share of the affine's (else the six extra parameters are fitting noise).
+    auto_gain: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -169,6 +199,63 @@ class SiftConfig:
     #: Also require the pair to be the moving image's nearest neighbour of the fixed one
     #: (benchmarks/accuracy.py measured its effect; see DESIGN.md).
     mutual: bool = True
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Where keypoints may drive the transform (ophreg_rt/masks.py): inside the fundus field
+    of view, off the image frame, off burnt-in text, graphics and frame lines.
+
+    Features outside the eye agree with each other under the identity (the field-of-view
+    edge, the frame and the overlays sit at the same pixels in both images), so they must not
+    vote. Lengths are px at REFERENCE_SIZE (of the image's longer side), levels shares of the
+    full intensity range.
+    """
+
+    enabled: bool = True
+    #: Side of the longer axis at which the masks are computed (never upsampled): enough to
+    #: resolve a 2-px text stroke at the network's resolution, and a few ms of work.
+    working_side: int = 1024
+    #: Side at which the field of view is found: a disc needs no more, and it is cheap.
+    fov_side: int = 256
+    #: Keypoints within this distance of the field-of-view edge are dropped: the edge is the
+    #: strongest gradient in the image, and SuperPoint's cells (8 px) and descriptors see it
+    #: from about two cells away.
+    fov_margin: float = 16.0
+    #: Frame of the image itself, dropped whatever it shows (crop edges, thin frame lines).
+    border_margin: float = 8.0
+    #: A surround is near black (or near white, for inverted angiogram-like images): its
+    #: darkest 1 % must be at most this level, else the image is taken as all field of view.
+    surround_level: float = 0.1
+    #: A pixel belongs to the surround (if connected to the image border) when it is at most
+    #: this far above the surround's level: max(surround_tolerance, surround_share * (median -
+    #: level)), so that a dark fundus still separates from its black surround.
+    surround_tolerance: float = 0.04
+    surround_share: float = 0.25
+    #: A surround smaller than this share of the image is no boundary (a cropped, all-FOV
+    #: image keeps everything); a field of view smaller than min_fov_share is implausible and
+    #: the whole image is kept rather than guessing.
+    min_surround_share: float = 0.02
+    min_fov_share: float = 0.15
+    #: Burnt-in overlays are drawn in pure colours: every channel at most overlay_low or at
+    #: least overlay_high, one of them high (white, yellow, green, cyan, ...); on a grey
+    #: image, near white. No fundus colour is like that: its green and blue are mid-range.
+    overlay_high: float = 0.9
+    overlay_low: float = 0.1
+    #: ...and they are thin strokes with sharp edges: within overlay_stroke px some channel
+    #: differs by at least overlay_contrast. A saturated optic disc or vessel core fades
+    #: slowly and its inside is flat, so it is kept.
+    overlay_stroke: float = 3.0
+    overlay_contrast: float = 0.4
+    #: Frame lines, grids and rulers of any colour: thin (at most line_width px) ridges of at
+    #: least line_contrast that run straight along a row or column for line_length (share of
+    #: the longer side); vessels curve away from any row within a few px.
+    line_width: float = 5.0
+    line_contrast: float = 0.1
+    line_length: float = 0.15
+    #: Dropped around every overlay stroke or line: a keypoint next to a stroke has the
+    #: stroke in its descriptor.
+    overlay_margin: float = 12.0
 
 
 class MatcherName(str, Enum):
@@ -224,6 +311,8 @@ class RegistrarConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     ransac: RansacConfig = field(default_factory=RansacConfig)
     plausibility: PlausibilityConfig = field(default_factory=PlausibilityConfig)
+    quadratic: QuadraticConfig = field(default_factory=QuadraticConfig)
     mnn: MnnConfig = field(default_factory=MnnConfig)
     sift: SiftConfig = field(default_factory=SiftConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     seed: int = 0

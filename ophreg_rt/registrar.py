@@ -20,7 +20,8 @@ from .model_files import default_matcher_graph, default_superpoint
 from .preprocess import network_grey, network_input, network_to_original
 from .ransac import STATUS_FAILED, STATUS_OK, ransac
 from .sift import SIFT_DESCRIPTION, detect_sift, ratio_test_matches
-from .transforms import implausibility, warp_image
+from .quadratic import QUADRATIC_TERMS, grow_quadratic
+from .transforms import implausibility, map_points, quadratic_implausibility, warp_image
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,13 @@ class RegistrationResult:
     """Outcome of one registration. Image 0 is FIXED (target), image 1 is MOVING (source).
 
     status: "ok" or "failed"; reason says why it failed (None when ok).
-    transform: the fitted model (affine, similarity or homography).
+    transform: the fitted model (affine, similarity, homography or quadratic; never "auto":
+        with ``auto`` the model that was chosen).
     matrix: ``(3, 3)`` float64 mapping MOVING pixel (x, y) to FIXED pixel (x, y), original
-        resolution, pixel centres at integers; None when failed.
+        resolution, pixel centres at integers; None when failed or quadratic.
+    coefficients: ``(2, 6)`` float64 of a quadratic, same mapping and pixels, on the monomials
+        ``quadratic.QUADRATIC_TERMS``; None otherwise. Use :meth:`map_points` to map points
+        with whichever model was fitted.
     fixed_size, moving_size: (width, height) in pixels.
     keypoints_fixed, keypoints_moving: ``(N, 2)`` float64 keypoints in original pixels.
     matches: ``(M, 2)`` int64 (index into keypoints_fixed, index into keypoints_moving).
@@ -55,6 +60,9 @@ class RegistrationResult:
     match_scores: np.ndarray
     inliers: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    coefficients: np.ndarray | None = None
+    #: With ``auto`` (or ``quadratic``): the leave-one-out residuals and why a model was taken.
+    model_selection: dict | None = None
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     provider: str = ""
     features: str = FeatureName.SUPERPOINT.value
@@ -66,10 +74,22 @@ class RegistrationResult:
 
     @property
     def affine(self) -> np.ndarray | None:
-        """``(2, 3)`` moving -> fixed, as ``cv2.warpAffine`` takes it; None for homographies."""
+        """``(2, 3)`` moving -> fixed, as ``cv2.warpAffine`` takes it; None unless the fitted
+        model is an affine or a similarity."""
         if self.matrix is None or self.transform is TransformModel.HOMOGRAPHY:
             return None
         return self.matrix[:2].copy()
+
+    @property
+    def parameters(self) -> np.ndarray | None:
+        """The fitted model's parameters: ``coefficients`` of a quadratic, else ``matrix``."""
+        return self.coefficients if self.transform is TransformModel.QUADRATIC else self.matrix
+
+    def map_points(self, points: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` MOVING pixels -> FIXED pixels (original resolution) by the fitted model."""
+        if not self.ok or self.parameters is None:
+            raise RegistrationFailedError(f"no transform: registration failed ({self.reason})")
+        return map_points(self.transform, self.parameters, points)
 
     @property
     def num_inliers(self) -> int:
@@ -83,6 +103,9 @@ class RegistrationResult:
             "transform": self.transform.value,
             "affine": None if self.affine is None else self.affine.tolist(),
             "matrix": None if self.matrix is None else self.matrix.tolist(),
+            "quadratic": None if self.coefficients is None else {
+                "terms": list(QUADRATIC_TERMS), "coefficients": self.coefficients.tolist()},
+            "model_selection": self.model_selection,
             "fixed_size": list(self.fixed_size),
             "moving_size": list(self.moving_size),
             "num_keypoints": [len(self.keypoints_fixed), len(self.keypoints_moving)],
@@ -227,40 +250,76 @@ class Registrar:
         """RANSAC, refusal and result for given correspondences.
 
         ``model`` overrides ``config.ransac.model``, so one set of matches can be fitted with
-        each transform model.
+        each transform model. A quadratic (and ``auto``) starts from an affine RANSAC and grows
+        the quadratic on its inliers (:func:`quadratic.grow_quadratic`).
         """
         timings = {} if timings is None else timings
-        ransac_config = self.config.ransac
-        if model is not None:
-            ransac_config = replace(ransac_config, model=TransformModel(model))
+        requested = TransformModel(self.config.ransac.model if model is None else model)
+        planar = TransformModel.AFFINE if requested in _GROWN_MODELS else requested
+        ransac_config = replace(self.config.ransac, model=planar)
         fixed_size, moving_size = fixed.image_size, moving.image_size
+        src = moving.keypoints[matches.pairs[:, 1]]
+        dst = fixed.keypoints[matches.pairs[:, 0]]
+        threshold = ransac_config.threshold * max(fixed_size) / REFERENCE_SIZE
         with _timed(timings, "ransac"):
-            threshold = ransac_config.threshold * max(fixed_size) / REFERENCE_SIZE
-            fit = ransac(moving.keypoints[matches.pairs[:, 1]],
-                         fixed.keypoints[matches.pairs[:, 0]],
-                         ransac_config, threshold, np.random.default_rng(self.config.seed))
-        status, reason, matrix = STATUS_OK, None, fit.matrix
+            fit = ransac(src, dst, ransac_config, threshold,
+                         np.random.default_rng(self.config.seed))
+        outcome = dict(status=STATUS_OK, reason=None, transform=planar, matrix=fit.matrix,
+                       inliers=np.asarray(fit.inliers, dtype=bool))
         if fit.status != STATUS_OK:
-            status, reason, matrix = STATUS_FAILED, fit.reason, None
+            outcome.update(status=STATUS_FAILED, reason=fit.reason, matrix=None)
         else:
-            refusal = implausibility(fit.matrix, ransac_config.model, fixed_size,
-                                     moving_size, self.config.plausibility)
+            refusal = implausibility(fit.matrix, planar, fixed_size, moving_size,
+                                     self.config.plausibility)
             if refusal is not None:
-                status, reason, matrix = STATUS_FAILED, refusal, None
+                outcome.update(status=STATUS_FAILED, reason=refusal, matrix=None)
+            elif requested in _GROWN_MODELS:
+                with _timed(timings, "quadratic"):
+                    outcome.update(self._grow(requested, src, dst, outcome["inliers"],
+                                              threshold, fixed_size, moving_size))
         return RegistrationResult(
-            status=status, reason=reason, transform=TransformModel(ransac_config.model),
-            matrix=matrix, fixed_size=fixed_size, moving_size=moving_size,
+            fixed_size=fixed_size, moving_size=moving_size,
             keypoints_fixed=fixed.keypoints, keypoints_moving=moving.keypoints,
-            matches=matches.pairs, match_scores=matches.scores,
-            inliers=np.asarray(fit.inliers, dtype=bool), timings_ms=timings,
+            matches=matches.pairs, match_scores=matches.scores, timings_ms=timings,
             models=dict(self.models), provider=self.provider, features=self.front_end.value,
-            matcher=self.matcher_name)
+            matcher=self.matcher_name, **outcome)
+
+    def _grow(self, requested: TransformModel, src: np.ndarray, dst: np.ndarray,
+              seed_inliers: np.ndarray, threshold: float, fixed_size: tuple[int, int],
+              moving_size: tuple[int, int]) -> dict:
+        """The quadratic grown from an accepted affine, or the affine when ``auto`` prefers it,
+        as the fields of a RegistrationResult that change."""
+        config = self.config.quadratic
+        fit = grow_quadratic(src, dst, seed_inliers, threshold, config.refit_rounds)
+        refusal = "the inliers do not determine a quadratic" if fit is None else \
+            quadratic_implausibility(fit, fixed_size, moving_size, self.config.plausibility,
+                                     config, dst[fit.inliers])
+        selection = {"requested": requested.value,
+                     "loo_rms_px": None if fit is None else
+                     {name: round(value, 4) for name, value in fit.loo_rms.items()}}
+        if refusal is None and requested is TransformModel.AUTO:
+            gain = fit.loo_rms["quadratic"] / max(fit.loo_rms["affine"], 1e-12)
+            if gain > config.auto_gain:
+                refusal = (f"the quadratic predicts held-out inliers {gain:.2f} times as far as "
+                           f"the affine, not below {config.auto_gain:g}")
+        if refusal is None:
+            selection["chosen"] = TransformModel.QUADRATIC.value
+            return dict(transform=TransformModel.QUADRATIC, matrix=None,
+                        coefficients=fit.coefficients, inliers=fit.inliers,
+                        model_selection=selection)
+        selection["why_not_quadratic"] = refusal
+        if requested is TransformModel.AUTO:
+            selection["chosen"] = TransformModel.AFFINE.value
+            return dict(model_selection=selection)
+        return dict(status=STATUS_FAILED, reason=refusal, transform=TransformModel.QUADRATIC,
+                    matrix=None, model_selection=selection)
 
     def warp(self, moving: ImageSource, result: RegistrationResult) -> np.ndarray:
         """The moving image in the fixed frame; refuses a failed registration."""
-        if not result.ok or result.matrix is None:
+        if not result.ok or result.parameters is None:
             raise RegistrationFailedError(f"cannot warp: registration failed ({result.reason})")
-        return warp_image(read_image(moving), result.matrix, result.transform, result.fixed_size)
+        return warp_image(read_image(moving), result.parameters, result.transform,
+                          result.fixed_size)
 
     def _match(self, features_fixed: Features, features_moving: Features,
                network_size: tuple[int, int]) -> Matches:
@@ -269,6 +328,10 @@ class Registrar:
         if self.lightglue is not None:
             return self.lightglue(features_fixed, features_moving, network_size, network_size)
         return mutual_nearest_neighbours(features_fixed, features_moving, self.config.mnn)
+
+
+#: Models fitted by growing from an affine RANSAC's inliers rather than by their own RANSAC.
+_GROWN_MODELS = (TransformModel.QUADRATIC, TransformModel.AUTO)
 
 
 def _describe(model) -> dict[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .config import REFERENCE_SIZE, PlausibilityConfig, TransformModel
+from .config import REFERENCE_SIZE, PlausibilityConfig, QuadraticConfig, TransformModel
+from .quadratic import QuadraticFit, jacobians, map_quadratic, remap_tables
 
 
 def reference_scale(size: tuple[int, int]) -> float:
@@ -56,10 +57,104 @@ def implausibility(matrix: np.ndarray, model: TransformModel, fixed_size: tuple[
     return None
 
 
-def warp_image(moving: np.ndarray, matrix: np.ndarray, model: TransformModel,
+def quadratic_implausibility(fit: QuadraticFit, fixed_size: tuple[int, int],
+                             moving_size: tuple[int, int], plausibility: PlausibilityConfig,
+                             config: QuadraticConfig, fixed_inliers: np.ndarray) -> str | None:
+    """Why the inliers cannot support ``fit`` (moving -> fixed, original pixels), or None.
+
+    fixed_inliers: ``(K, 2)`` the inliers' fixed-image pixels. Refused: fewer than
+    ``config.min_inliers`` inliers; inliers whose convex hull covers less than
+    ``config.min_coverage`` of the area the images share; a map that departs from the affine of
+    the same inliers by more than ``config.max_departure`` px (at REFERENCE_SIZE) anywhere in
+    that area; and a Jacobian that, somewhere there, folds over (det <= 0) or breaks the
+    scale and anisotropy bounds every transform is held to (``implausibility``).
+    """
+    count = int(fit.inliers.sum())
+    if count < config.min_inliers:
+        return (f"a quadratic needs {config.min_inliers} inliers, the correspondences "
+                f"support {count}")
+    shared = _shared_points(fit, fixed_size, moving_size)
+    if len(shared) < 3:
+        return "the quadratic sends the moving image outside the fixed one"
+    overlap_area = _hull_area(map_quadratic(fit.coefficients, shared))
+    coverage = _hull_area(fixed_inliers) / overlap_area if overlap_area > 0 else 0.0
+    if coverage < config.min_coverage:
+        return (f"the inliers cover {100 * coverage:.0f} % of the shared field of view, "
+                f"fewer than the {100 * config.min_coverage:.0f} % a quadratic needs")
+    to_reference = reference_scale(fixed_size)
+    departure = float(np.linalg.norm(map_quadratic(fit.coefficients, shared)
+                                     - apply(fit.affine, shared), axis=1).max()) * to_reference
+    if departure > config.max_departure:
+        return (f"the quadratic departs {departure:.1f} px from the affine of its inliers, "
+                f"more than {config.max_departure:g} px")
+    # The Jacobian in the reference frame: scaled like the linear part of ``implausibility``.
+    local = jacobians(fit.coefficients, shared) * (to_reference / reference_scale(moving_size))
+    det = local[:, 0, 0] * local[:, 1, 1] - local[:, 0, 1] * local[:, 1, 0]
+    if np.any(det <= 0):
+        return "the quadratic folds over inside the shared field of view"
+    singular = np.linalg.svd(local, compute_uv=False)
+    largest, smallest = float(singular[:, 0].max()), float(singular[:, 1].min())
+    if smallest < plausibility.min_scale or largest > plausibility.max_scale:
+        return (f"implausible local scale of the quadratic: singular values from {smallest:.3f} "
+                f"to {largest:.3f}, outside [{plausibility.min_scale}, {plausibility.max_scale}]")
+    anisotropy = float((singular[:, 0] / singular[:, 1]).max())
+    if anisotropy > plausibility.max_anisotropy:
+        return (f"implausible local shear or squash of the quadratic: anisotropy "
+                f"{anisotropy:.3f} > {plausibility.max_anisotropy}")
+    return None
+
+
+#: Points per side of the grid over the moving image on which a quadratic is checked.
+_CHECK_GRID = 25
+
+
+def _shared_points(fit: QuadraticFit, fixed_size: tuple[int, int],
+                   moving_size: tuple[int, int]) -> np.ndarray:
+    """Moving pixels of a grid over the moving image that the affine of the inliers sends
+    inside the fixed image: the shared field of view, judged by the planar model so that a
+    wild quadratic cannot shrink the area it is checked on."""
+    width, height = moving_size
+    grid_x, grid_y = np.meshgrid(np.linspace(0, width - 1, _CHECK_GRID),
+                                 np.linspace(0, height - 1, _CHECK_GRID))
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+    mapped = apply(fit.affine, grid)
+    inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] <= fixed_size[0] - 1)
+              & (mapped[:, 1] >= 0) & (mapped[:, 1] <= fixed_size[1] - 1))
+    return grid[inside]
+
+
+def _hull_area(points: np.ndarray) -> float:
+    if len(points) < 3:
+        return 0.0
+    hull = cv2.convexHull(np.asarray(points, dtype=np.float32))
+    return float(cv2.contourArea(hull))
+
+
+def map_points(model: TransformModel, parameters: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` moving pixels mapped into the fixed image by a fitted transform.
+
+    parameters: the ``(3, 3)`` matrix of an affine, similarity or homography, or the ``(2, 6)``
+    coefficients of a quadratic (``RegistrationResult.parameters``).
+    """
+    if TransformModel(model) is TransformModel.QUADRATIC:
+        return map_quadratic(parameters, points)
+    return apply(parameters, points)
+
+
+def warp_image(moving: np.ndarray, parameters: np.ndarray, model: TransformModel,
                fixed_size: tuple[int, int]) -> np.ndarray:
-    """The moving image resampled into the fixed image's frame (same dtype and channels)."""
+    """The moving image resampled into the fixed image's frame (same dtype and channels).
+
+    parameters as for :func:`map_points`. A quadratic is warped with ``cv2.remap`` on its
+    inverse, solved per fixed pixel (``quadratic.remap_tables``).
+    """
     flags = cv2.INTER_LINEAR
+    if TransformModel(model) is TransformModel.QUADRATIC:
+        moving_size = (moving.shape[1], moving.shape[0])
+        map_x, map_y = remap_tables(parameters, fixed_size, moving_size)
+        return cv2.remap(moving, map_x, map_y, flags, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=0)
+    matrix = parameters
     if TransformModel(model) is TransformModel.HOMOGRAPHY:
         return cv2.warpPerspective(moving, matrix, fixed_size, flags=flags,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)

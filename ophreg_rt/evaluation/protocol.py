@@ -18,12 +18,15 @@ the evaluation published with SuperRetina (Liu et al., CVPR 2022; ``test_on_FIRE
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..transforms import apply
+
+#: Maps ``(N, 2)`` moving pixels to fixed pixels.
+Mapping = Callable[[np.ndarray], np.ndarray]
 
 #: AUC thresholds run 1, 2, ..., AUC_LIMIT_PX (native pixels of the fixed image).
 AUC_LIMIT_PX = 25
@@ -65,11 +68,13 @@ class PairScore:
         return self.verdict == FAILED
 
 
-def point_errors(matrix: np.ndarray, moving_points: np.ndarray,
+def point_errors(estimate: np.ndarray | Mapping, moving_points: np.ndarray,
                  fixed_points: np.ndarray) -> np.ndarray:
-    """Distances between ``fixed_points`` and ``moving_points`` mapped by ``matrix`` (3x3,
-    moving -> fixed, affine or projective), one per point, in fixed-image pixels."""
-    mapped = apply(matrix, moving_points)
+    """Distances between ``fixed_points`` and ``moving_points`` mapped by ``estimate``, one per
+    point, in fixed-image pixels. ``estimate``: a 3x3 matrix (moving -> fixed, affine or
+    projective) or a function mapping ``(N, 2)`` moving pixels to fixed pixels (such as
+    ``RegistrationResult.map_points``, for any model)."""
+    mapped = estimate(moving_points) if callable(estimate) else apply(estimate, moving_points)
     return np.linalg.norm(mapped - np.asarray(fixed_points, dtype=np.float64), axis=1)
 
 

@@ -20,8 +20,10 @@ GRID_POINTS_PER_SIDE = 11
 
 
 class Truth(Protocol):
-    def errors(self, estimate: np.ndarray, moving_size: tuple[int, int]) -> np.ndarray:
-        """Point errors (fixed-image pixels) of ``estimate`` (3x3, moving -> fixed)."""
+    def errors(self, estimate: np.ndarray | protocol.Mapping,
+               moving_size: tuple[int, int]) -> np.ndarray:
+        """Point errors (fixed-image pixels) of ``estimate``: a 3x3 matrix (moving -> fixed)
+        or a function mapping moving pixels to fixed ones (any transform model)."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ class ControlPoints:
     moving: np.ndarray  # (N, 2) x, y
     fixed: np.ndarray  # (N, 2) x, y
 
-    def errors(self, estimate: np.ndarray, moving_size: tuple[int, int]) -> np.ndarray:
+    def errors(self, estimate: np.ndarray | protocol.Mapping,
+               moving_size: tuple[int, int]) -> np.ndarray:
         return protocol.point_errors(estimate, self.moving, self.fixed)
 
 
@@ -43,9 +46,10 @@ class AffineTruth:
 
     matrix: np.ndarray
 
-    def errors(self, estimate: np.ndarray, moving_size: tuple[int, int]) -> np.ndarray:
+    def errors(self, estimate: np.ndarray | protocol.Mapping,
+               moving_size: tuple[int, int]) -> np.ndarray:
         points = moving_grid(moving_size)
-        return np.linalg.norm(apply(estimate, points) - apply(self.matrix, points), axis=1)
+        return protocol.point_errors(estimate, points, apply(self.matrix, points))
 
 
 def moving_grid(size: tuple[int, int]) -> np.ndarray:
@@ -83,7 +87,7 @@ def register_pairs(registrar: Registrar, pairs: list[Pair],
                                     moving_name=str(pair.moving))
         errors = None
         if result.ok:
-            errors = pair.truth.errors(result.matrix, result.moving_size)
+            errors = pair.truth.errors(result.map_points, result.moving_size)
         outcome = PairOutcome(pair, result, protocol.score(errors))
         on_outcome(outcome)
         outcomes.append(outcome)
@@ -138,7 +142,9 @@ def _pair_json(outcome: PairOutcome) -> dict:
         "mean_error_px": protocol.finite_or_none(score.mean_error),
         "median_error_px": protocol.finite_or_none(score.median_error),
         "max_error_px": protocol.finite_or_none(score.max_error),
+        "transform": result.transform.value,
         "matrix": None if result.matrix is None else result.matrix.tolist(),
+        "quadratic": None if result.coefficients is None else result.coefficients.tolist(),
         "num_matches": len(result.matches),
         "num_inliers": result.num_inliers,
         "time_ms": round(result.timings_ms.get("total", math.nan), 1),

@@ -125,7 +125,7 @@ def test_registrar_and_cli_register_a_known_warp_with_the_int8_graph(int8_graph,
                           superpoint_model=path)
     result = registrar.register(case.fixed, case.moving)
     assert result.ok, result.reason
-    assert mean_fov_error(result.matrix, case) < 5.0
+    assert mean_fov_error(result, case) < 5.0
     assert result.models["superpoint"]["file"] == path.name
 
     fixed, moving = tmp_path / "fixed.png", tmp_path / "moving.png"

@@ -529,6 +529,6 @@ def test_runtime_registers_through_the_exported_graph(graph):
                           matcher_model=graph)
     result = registrar.register(case.fixed, case.moving)
     assert result.ok, result.reason
-    assert mean_fov_error(result.matrix, case) < SUCCESS_PX
+    assert mean_fov_error(result, case) < SUCCESS_PX
     assert result.to_json()["models"]["superglue"]["file"] == graph.name
     assert (result.match_scores > SuperGlueSettings().match_threshold).all()

@@ -92,7 +92,7 @@ def test_registrar_with_lightglue_registers_a_known_warp(registrar, case):
     assert result.ok, result.reason
     assert result.matcher == MatcherName.LIGHTGLUE.value
     assert set(result.models) == {"superpoint", "lightglue"}
-    assert mean_fov_error(result.matrix, case) < SUCCESS_PX
+    assert mean_fov_error(result, case) < SUCCESS_PX
 
 
 def test_a_superpoint_graph_is_refused_as_lightglue_naming_the_file():

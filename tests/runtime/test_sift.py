@@ -36,7 +36,7 @@ def test_sift_recovers_a_known_warp_of_the_cc0_image_without_any_graph(cc0_case,
     assert registrar.superpoint is None and registrar.provider == "opencv"
     result = registrar.register(cc0_case.fixed, cc0_case.moving)
     assert result.ok, result.reason
-    assert mean_fov_error(result.matrix, cc0_case) < WITHIN_PX
+    assert mean_fov_error(result, cc0_case) < WITHIN_PX
     assert result.features == "sift" and result.matcher == "ratio"
     assert set(result.models) == {"sift"}
     assert set(result.timings_ms) >= {"preprocess", "sift", "matching", "ransac", "total"}
