@@ -11,8 +11,9 @@ Torch-free: it needs only numpy, opencv and onnxruntime.
 
 from .config import (Device, FeatureName, MatcherName, PlausibilityConfig, PreprocessConfig,
                      PreprocessMode, RansacConfig, RegistrarConfig, SiftConfig, TransformModel)
-from .errors import (ContractMismatchError, ImageReadError, ModelError, OphregError,
-                     OutputExistsError, ProviderUnavailableError, RegistrationFailedError)
+from .errors import (BatchLockedError, ContractMismatchError, ImageReadError, ImageTooLargeError,
+                     ModelChecksumError, ModelError, OphregError, OutputExistsError,
+                     OutputWriteError, ProviderUnavailableError, RegistrationFailedError)
 
 __version__ = "0.1.0"
 
@@ -20,8 +21,9 @@ __all__ = [
     "Registrar", "RegistrationResult", "RegistrarConfig", "PreprocessConfig", "PreprocessMode",
     "RansacConfig", "PlausibilityConfig", "TransformModel", "MatcherName", "FeatureName",
     "SiftConfig", "Device",
-    "OphregError", "ImageReadError", "ModelError", "ContractMismatchError",
-    "ProviderUnavailableError", "RegistrationFailedError", "OutputExistsError",
+    "OphregError", "ImageReadError", "ImageTooLargeError", "ModelError", "ModelChecksumError",
+    "ContractMismatchError", "ProviderUnavailableError", "RegistrationFailedError",
+    "OutputExistsError", "OutputWriteError", "BatchLockedError",
 ]
 
 

@@ -104,6 +104,12 @@ class PreprocessMode(str, Enum):
     CLAHE = "clahe"
 
 
+#: Sides the network input may have (multiples of 8 within these bounds). Above 2048 one pair
+#: costs more memory than a server can spare: peak resident memory of `ophreg register` measured
+#: at 1.4 GB at 1024, 4.6 GB at 2048 and 17 GB at 4096 (2 cores, one thread).
+NETWORK_SIDE_RANGE = (64, 2048)
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     size: tuple[int, int] = (1024, 1024)  # (width, height) the network sees; multiples of 8
@@ -126,6 +132,16 @@ class TransformModel(str, Enum):
     AUTO = "auto"
 
 
+#: Models not drawn by their own RANSAC: grown from an affine RANSAC's inliers (Registrar.fit).
+GROWN_MODELS = (TransformModel.QUADRATIC, TransformModel.AUTO)
+
+
+def ransac_model(model: TransformModel) -> TransformModel:
+    """The model RANSAC draws hypotheses of when ``model`` is the one asked for."""
+    model = TransformModel(model)
+    return TransformModel.AFFINE if model in GROWN_MODELS else model
+
+
 #: Side length, in pixels, of the frame in which pixel thresholds and errors are stated:
 #: the method's network resolution. A threshold of 4 px means 4 px of a 1024-px-wide image.
 REFERENCE_SIZE = 1024
@@ -133,7 +149,9 @@ REFERENCE_SIZE = 1024
 
 @dataclass(frozen=True)
 class RansacConfig:
-    model: TransformModel = TransformModel.AFFINE
+    #: AUTO: on the real pairs' control points the quadratic it picks is 1.7-2.9x closer than
+    #: the method's affine (benchmarks/README.md, "Real-pair precision"); AFFINE stays available.
+    model: TransformModel = TransformModel.AUTO
     threshold: float = 4.0  # inlier reprojection error, px at REFERENCE_SIZE
     confidence: float = 0.999  # adaptive stop: chance of having drawn one all-inlier sample
     max_iterations: int = 10_000
@@ -160,9 +178,21 @@ class QuadraticConfig:
     max_departure: float = 25.0
     #: Least-squares rounds on the inliers, each re-selecting inliers under the quadratic.
     refit_rounds: int = 5
-    #: AUTO keeps the quadratic only when its leave-one-out RMS residual on the inliers is at
-    #: most this share of the affine's (else the six extra parameters are fitting noise).
-    auto_gain: float = 0.9
+    #: Departure and fold-over are judged where the inliers support the map: their convex hull
+    #: (moving image) grown by this share of the moving image's longer side. Beyond it, in the
+    #: black corners of a fundus photograph, any polynomial extrapolates freely.
+    support_margin: float = 0.05
+    #: Also seed the growth with a RANSAC of minimal 6-point quadratics, and keep the seed that
+    #: grows more inliers: an affine's inliers on a strongly curved pair can leave the growth in
+    #: a poorer fit (toolbox_fundus: 89 inliers, 1.40 px vs 99, 0.79 px).
+    minimal_seed: bool = True
+    #: AUTO keeps the quadratic only when its leave-one-out RMS residual on the inliers is
+    #: below this share of the affine's: 1.0 is plain cross-validation, which already charges
+    #: the six extra parameters (under an affine truth the quadratic's held-out residual is the
+    #: larger by about 3 % at 100 inliers). Measured: 0.9 kept the affine on varia_R067_R118
+    #: (ratio 0.90) and cf_fa_demo (0.94), where the quadratic is closer to the control points
+    #: (0.54 vs 0.90 px, 1.60 vs 1.70 px at 1024).
+    auto_gain: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +207,10 @@ class PlausibilityConfig:
     max_scale: float = 2.0
     max_anisotropy: float = 1.5  # ratio of the linear part's singular values (shear, squash)
     max_perspective: float = 0.5  # |h31|, |h32| * REFERENCE_SIZE, homography only
+    #: Convex hull of the inliers (fixed image) over the area the images share, below which a
+    #: planar model is refused: fitted on a corner, it extrapolates over the whole eye (SIFT on
+    #: toolbox_example: 45 inliers on 3 % of the field, status ok and 12 px wrong on average).
+    min_coverage: float = 0.1
 
 
 class FeatureName(str, Enum):
@@ -227,32 +261,54 @@ class MaskConfig:
     #: A surround is near black (or near white, for inverted angiogram-like images): its
     #: darkest 1 % must be at most this level, else the image is taken as all field of view.
     surround_level: float = 0.1
-    #: A pixel belongs to the surround (if connected to the image border) when it is at most
-    #: this far above the surround's level: max(surround_tolerance, surround_share * (median -
-    #: level)), so that a dark fundus still separates from its black surround.
+    #: A pixel belongs to the surround when it is at most this far above the surround's
+    #: level: max(surround_tolerance, surround_share * (median - level)), so that a dark
+    #: fundus still separates from its black surround.
     surround_tolerance: float = 0.04
     surround_share: float = 0.25
-    #: A surround smaller than this share of the image is no boundary (a cropped, all-FOV
-    #: image keeps everything); a field of view smaller than min_fov_share is implausible and
-    #: the whole image is kept rather than guessing.
+    #: The field of view is the convex hull of the lit regions at least fov_piece the size
+    #: of the largest (vessels may cut a dark field into pieces; text in the surround is small).
+    fov_piece: float = 0.1
+    #: A field of view that leaves less than min_surround_share of the image outside is no
+    #: boundary (a cropped, all-retina image keeps everything); one smaller than
+    #: min_fov_share is implausible, and the whole image is kept rather than guessed at.
     min_surround_share: float = 0.02
     min_fov_share: float = 0.15
-    #: Burnt-in overlays are drawn in pure colours: every channel at most overlay_low or at
-    #: least overlay_high, one of them high (white, yellow, green, cyan, ...); on a grey
-    #: image, near white. No fundus colour is like that: its green and blue are mid-range.
-    overlay_high: float = 0.9
-    overlay_low: float = 0.1
-    #: ...and they are thin strokes with sharp edges: within overlay_stroke px some channel
-    #: differs by at least overlay_contrast. A saturated optic disc or vessel core fades
-    #: slowly and its inside is flat, so it is kept.
+    #: Burnt-in overlays are drawn in pens' colours: every channel within 1 - overlay_level
+    #: of black or of white, green or blue near white (white, yellow, green, cyan, blue,
+    #: magenta; not red, which a fundus can be); on a grey image, near white. A fundus colour
+    #: has a mid-range channel: green wherever red is high, blue in the optic disc (the level
+    #: is loose enough for JPEG's smearing of a thin coloured stroke).
+    overlay_level: float = 0.85
+    #: ...with sharp edges: within overlay_stroke px, the working channel (green, or grey)
+    #: differs by at least overlay_contrast (the flat inside of a saturated disc does not).
     overlay_stroke: float = 3.0
     overlay_contrast: float = 0.4
+    #: ...and shaped like a glyph (no longer than overlay_glyph px) or a filled box (at least
+    #: overlay_box_fill of its bounding box, holes filled, at least overlay_box_min px long,
+    #: since any speck fills its box, and at most overlay_box share of the longer side): a
+    #: saturated vessel tree of an angiogram is neither, a saturated optic disc is an
+    #: ellipse (fill at most pi / 4).
+    overlay_glyph: float = 64.0
+    overlay_box_fill: float = 0.9
+    overlay_box_min: float = 16.0
+    overlay_box: float = 0.5
+    #: A tinted glyph counts alone; a white one (white is also what an angiogram's vessels
+    #: and an overexposed disc saturate to) only in a row of text_row_glyphs letters, each at
+    #: least text_height px high and at most text_aspect times as wide as high: small letters
+    #: touch and merge in threes, a vessel lying along a row is longer.
+    text_row_glyphs: int = 3
+    text_height: float = 6.0
+    text_aspect: float = 4.0
     #: Frame lines, grids and rulers of any colour: thin (at most line_width px) ridges of at
     #: least line_contrast that run straight along a row or column for line_length (share of
     #: the longer side); vessels curve away from any row within a few px.
     line_width: float = 5.0
     line_contrast: float = 0.1
     line_length: float = 0.15
+    #: Runs covering more than this share of the image are texture (noise strings ridges into
+    #: runs everywhere), not drawn lines: a grid of 1-px lines every 128 px covers about 6 %.
+    line_max_share: float = 0.25
     #: Dropped around every overlay stroke or line: a keypoint next to a stroke has the
     #: stroke in its descriptor.
     overlay_margin: float = 12.0
@@ -275,6 +331,17 @@ class MnnConfig:
 class Device(str, Enum):
     CPU = "cpu"
     CUDA = "cuda"
+
+
+#: Largest image (width x height, pixels) read by default, checked from the file's header
+#: before decoding. A fundus camera gives at most about 24 megapixels; every full-resolution
+#: copy (colour conversion, warp, blend, checkerboard) of a 100-megapixel RGB image is 300 MB.
+MAX_PIXELS = 100_000_000
+#: onnxruntime intra-op threads a caller may ask for: far beyond any machine's cores, far below
+#: the thread count that exhausts a process.
+MAX_THREADS = 256
+#: RANSAC seeds are non-negative and fit a signed 64-bit integer (JSON readers, other runtimes).
+MAX_SEED = 2**63 - 1
 
 
 class Precision(str, Enum):
@@ -316,3 +383,4 @@ class RegistrarConfig:
     sift: SiftConfig = field(default_factory=SiftConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     seed: int = 0
+    max_pixels: int = MAX_PIXELS  # per image; larger ones are refused before decoding

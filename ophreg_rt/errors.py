@@ -12,12 +12,26 @@ class OphregError(Exception):
     """Base class of every error the engine raises on purpose."""
 
 
+class ImageDecodeWarning(UserWarning):
+    """A codec decoded an image but complained on the way (e.g. libjpeg's "Corrupt JPEG data"):
+    the pixels may hold garbage blocks."""
+
+
 class ImageReadError(OphregError):
     """An image file is missing, unreadable, or of a kind the engine does not take."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the configured limit (``RegistrarConfig.max_pixels``)."""
+
+
 class ModelError(OphregError):
     """A model file is missing, unreadable, or not an ONNX graph onnxruntime can load."""
+
+
+class ModelChecksumError(ModelError):
+    """A graph's sha256 is not the one its folder's ``manifest.json`` records (corrupted or
+    replaced), or a default graph is not listed there at all."""
 
 
 class ContractMismatchError(ModelError):
@@ -37,6 +51,14 @@ class RegistrationFailedError(OphregError):
 
 class OutputExistsError(OphregError):
     """An output file already exists and overwriting was not asked for."""
+
+
+class OutputWriteError(OphregError):
+    """An output cannot be written (a folder in its place, no permission, a full disk)."""
+
+
+class BatchLockedError(OphregError):
+    """Another ``ophreg batch`` is writing results into the same output folder."""
 
 
 class InvalidConfigError(OphregError):

@@ -35,10 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import RansacConfig, TransformModel
+from .config import RansacConfig, TransformModel, ransac_model
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+#: Not a RANSAC outcome: a pair that could not be attempted (an unreadable image); batch lines
+#: and evaluation reports use it.
+STATUS_ERROR = "error"
 
 #: Points per minimal sample of each model.
 SAMPLE_SIZES: dict[TransformModel, int] = {
@@ -112,6 +115,9 @@ def fit_transform(src: np.ndarray, dst: np.ndarray, model: TransformModel,
     model (too few, coincident or collinear points).
     """
     model = TransformModel(model)
+    if model not in SAMPLE_SIZES:
+        raise ValueError(f"fit_transform fits {', '.join(m.value for m in SAMPLE_SIZES)}; "
+                         "a quadratic is fitted by ophreg_rt.quadratic.fit_quadratic")
     src, dst = _as_points(src, dst)
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64)
@@ -133,7 +139,8 @@ def ransac(src: np.ndarray, dst: np.ndarray, config: RansacConfig, threshold: fl
     """Robustly fit ``config.model`` mapping ``src`` (MOVING) to ``dst`` (FIXED).
 
     src, dst: ``(N, 2)`` pixel coordinates (x, y) of N putative correspondences.
-    config: model, confidence, max_iterations, batch_size and min_inliers are read from it;
+    config: model (for quadratic and auto: the affine they are grown from, ``Registrar.fit``),
+        confidence, max_iterations, batch_size and min_inliers are read from it;
         ``config.threshold`` is NOT: it is stated at REFERENCE_SIZE and the caller scales it.
     threshold: inlier reprojection error in pixels of ``dst`` (inlier: error < threshold).
     rng: the only source of randomness; the same generator state gives the same result.
@@ -154,7 +161,7 @@ def ransac(src: np.ndarray, dst: np.ndarray, config: RansacConfig, threshold: fl
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     _check_config(config)
-    model = TransformModel(config.model)
+    model = ransac_model(config.model)  # quadratic and auto: the affine they grow from
     sample_size = SAMPLE_SIZES[model]
     n = len(src)
 

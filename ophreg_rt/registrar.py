@@ -10,18 +10,20 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .config import (REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig, TransformModel,
-                     resolved_matcher)
+from .config import (GROWN_MODELS, REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig,
+                     TransformModel, ransac_model, resolved_matcher)
 from .errors import InvalidConfigError, RegistrationFailedError
 from .features import Features, SuperPointRunner
 from .imageio import ImageSource, read_image
+from .masks import inside, keypoint_mask, select
 from .matching import LightGlueRunner, Matches, SuperGlueRunner, mutual_nearest_neighbours
 from .model_files import default_matcher_graph, default_superpoint
 from .preprocess import network_grey, network_input, network_to_original
 from .ransac import STATUS_FAILED, STATUS_OK, ransac
 from .sift import SIFT_DESCRIPTION, detect_sift, ratio_test_matches
-from .quadratic import QUADRATIC_TERMS, grow_quadratic
-from .transforms import implausibility, map_points, quadratic_implausibility, warp_image
+from .quadratic import QUADRATIC_TERMS, best_quadratic
+from .transforms import (implausibility, map_points, quadratic_implausibility, sparse_support,
+                         warp_image)
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,8 @@ class Registrar:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with _timed(timings, "read"):
-            fixed_image = read_image(fixed, fixed_name)
-            moving_image = read_image(moving, moving_name)
+            fixed_image = read_image(fixed, fixed_name, self.config.max_pixels)
+            moving_image = read_image(moving, moving_name, self.config.max_pixels)
         detections_fixed, detections_moving = self.detect([fixed_image, moving_image], timings)
         with _timed(timings, "matching"):
             matches = self.match(detections_fixed, detections_moving)
@@ -208,6 +210,8 @@ class Registrar:
                timings: dict[str, float] | None = None) -> list[Detections]:
         """Keypoints of each image (arrays as ``read_image`` returns them), configured front end.
 
+        With ``config.mask.enabled`` (the default), keypoints outside the fundus field of
+        view, on the image frame and on burnt-in overlays are dropped (ophreg_rt/masks.py).
         Together with :meth:`match` and :meth:`fit` this is ``register`` in three public steps,
         so a caller can reuse one image's detections for many pairs, one set of detections for
         several matchers, or one set of matches for several transform models.
@@ -225,11 +229,25 @@ class Registrar:
                                   for image in images])
             with _timed(timings, "superpoint"):
                 features = self.superpoint(batch)
+        # The mask is computed on the original image, not on the network's view: colour and
+        # true saturation (what tells a pen's stroke from a vessel or the optic disc) are gone
+        # from the CLAHE'd single channel, and one mask then serves every front end and
+        # preprocessing; keypoints are looked up in original pixels, where they are mapped anyway.
+        masks: list[np.ndarray | None] = [None] * len(images)
+        if self.config.mask.enabled:
+            with _timed(timings, "mask"):
+                masks = [keypoint_mask(image, self.config.mask) for image in images]
         detections = []
-        for image, found in zip(images, features):
+        for image, found, mask in zip(images, features, masks):
             size = (image.shape[1], image.shape[0])
+            keypoints = network_to_original(found.keypoints, size, network_size)
+            if mask is not None:
+                # Dropped before matching, so that no matcher ever sees the surround, the
+                # frame or an overlay: a learned matcher's attention would use them too.
+                keep = inside(mask, keypoints)
+                found, keypoints = select(found, keep), keypoints[keep]
             detections.append(Detections(
-                features=found, keypoints=network_to_original(found.keypoints, size, network_size),
+                features=found, keypoints=keypoints,
                 image_size=size, network_size=network_size, front_end=self.front_end))
         return detections
 
@@ -255,7 +273,7 @@ class Registrar:
         """
         timings = {} if timings is None else timings
         requested = TransformModel(self.config.ransac.model if model is None else model)
-        planar = TransformModel.AFFINE if requested in _GROWN_MODELS else requested
+        planar = ransac_model(requested)
         ransac_config = replace(self.config.ransac, model=planar)
         fixed_size, moving_size = fixed.image_size, moving.image_size
         src = moving.keypoints[matches.pairs[:, 1]]
@@ -270,10 +288,11 @@ class Registrar:
             outcome.update(status=STATUS_FAILED, reason=fit.reason, matrix=None)
         else:
             refusal = implausibility(fit.matrix, planar, fixed_size, moving_size,
-                                     self.config.plausibility)
+                                     self.config.plausibility) or sparse_support(
+                fit.matrix, dst[fit.inliers], fixed_size, moving_size, self.config.plausibility)
             if refusal is not None:
                 outcome.update(status=STATUS_FAILED, reason=refusal, matrix=None)
-            elif requested in _GROWN_MODELS:
+            elif requested in GROWN_MODELS:
                 with _timed(timings, "quadratic"):
                     outcome.update(self._grow(requested, src, dst, outcome["inliers"],
                                               threshold, fixed_size, moving_size))
@@ -290,10 +309,11 @@ class Registrar:
         """The quadratic grown from an accepted affine, or the affine when ``auto`` prefers it,
         as the fields of a RegistrationResult that change."""
         config = self.config.quadratic
-        fit = grow_quadratic(src, dst, seed_inliers, threshold, config.refit_rounds)
+        fit = best_quadratic(src, dst, seed_inliers, threshold, config, self.config.ransac,
+                             np.random.default_rng(self.config.seed))
         refusal = "the inliers do not determine a quadratic" if fit is None else \
             quadratic_implausibility(fit, fixed_size, moving_size, self.config.plausibility,
-                                     config, dst[fit.inliers])
+                                     config, dst[fit.inliers], src[fit.inliers])
         selection = {"requested": requested.value,
                      "loo_rms_px": None if fit is None else
                      {name: round(value, 4) for name, value in fit.loo_rms.items()}}
@@ -318,8 +338,8 @@ class Registrar:
         """The moving image in the fixed frame; refuses a failed registration."""
         if not result.ok or result.parameters is None:
             raise RegistrationFailedError(f"cannot warp: registration failed ({result.reason})")
-        return warp_image(read_image(moving), result.parameters, result.transform,
-                          result.fixed_size)
+        moving_image = read_image(moving, max_pixels=self.config.max_pixels)
+        return warp_image(moving_image, result.parameters, result.transform, result.fixed_size)
 
     def _match(self, features_fixed: Features, features_moving: Features,
                network_size: tuple[int, int]) -> Matches:
@@ -328,10 +348,6 @@ class Registrar:
         if self.lightglue is not None:
             return self.lightglue(features_fixed, features_moving, network_size, network_size)
         return mutual_nearest_neighbours(features_fixed, features_moving, self.config.mnn)
-
-
-#: Models fitted by growing from an affine RANSAC's inliers rather than by their own RANSAC.
-_GROWN_MODELS = (TransformModel.QUADRATIC, TransformModel.AUTO)
 
 
 def _describe(model) -> dict[str, str]:

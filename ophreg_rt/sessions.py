@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import onnxruntime as ort
-
 from .config import Device
 from .contract import MAX_KEYPOINTS, TensorSpec, decode_metadata
-from .errors import ContractMismatchError, ModelError, ProviderUnavailableError
+from .errors import ContractMismatchError, ModelChecksumError, ModelError, ProviderUnavailableError
+from .model_files import expected_sha256
+from .runtime_check import onnxruntime_module
 
 _PROVIDERS = {
     Device.CPU: "CPUExecutionProvider",
@@ -27,7 +27,7 @@ _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "ten
 class LoadedModel:
     """A verified session and what it was made from."""
 
-    session: ort.InferenceSession
+    session: object  # onnxruntime.InferenceSession (imported when a graph is loaded)
     path: Path
     sha256: str
     provider: str  # the provider onnxruntime actually put first
@@ -35,11 +35,30 @@ class LoadedModel:
 
 
 def sha256_file(path: Path) -> str:
+    # Not cached by mtime: the kernel's timestamps are coarse (milliseconds), so a graph changed
+    # in place right after a load could keep a stale hash; hashing is ~0.1 s next to the
+    # session's creation.
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verified_sha256(path: Path) -> str:
+    """The graph's sha256, checked against the ``manifest.json`` beside it when one lists it
+    (always so for the default graphs); raises :class:`ModelChecksumError` on a mismatch."""
+    try:
+        found = sha256_file(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    expected = expected_sha256(path)
+    if expected is not None and found != expected:
+        raise ModelChecksumError(
+            f"{path}: sha256 {found} is not the {expected} that {path.parent / 'manifest.json'} "
+            "records: the file is corrupted or was replaced (restore it, re-export it, or name "
+            "your own graph explicitly from another folder)")
+    return found
 
 
 def load_model(path: str | os.PathLike, model_kind: str, inputs: Sequence[TensorSpec],
@@ -53,13 +72,17 @@ def load_model(path: str | os.PathLike, model_kind: str, inputs: Sequence[Tensor
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    # Before the session: a corrupted graph still loads and runs, and gives wrong answers.
+    sha256 = verified_sha256(path)
+    ort = onnxruntime_module()
     wanted = _PROVIDERS[Device(device)]
     cpu = _PROVIDERS[Device.CPU]
     available = ort.get_available_providers()
     if wanted not in available and not allow_cpu_fallback:
         raise ProviderUnavailableError(
             f"{path}: {wanted} is not available in this onnxruntime "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu, or allow CPU fallback")
+            f"(available: {', '.join(available)}); install ophreg-rt[gpu] instead of [cpu] (one "
+            "build only), or allow CPU fallback")
     providers = [p for p in dict.fromkeys([wanted, cpu]) if p in available]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -91,11 +114,11 @@ def load_model(path: str | os.PathLike, model_kind: str, inputs: Sequence[Tensor
     metadata = decode_metadata(session.get_modelmeta().custom_metadata_map, model_kind,
                                source=str(path))
     check_io(session, inputs, outputs, str(path), metadata)
-    return LoadedModel(session=session, path=path, sha256=sha256_file(path),
+    return LoadedModel(session=session, path=path, sha256=sha256,
                        provider=applied, metadata=metadata)
 
 
-def check_io(session: ort.InferenceSession, inputs: Sequence[TensorSpec],
+def check_io(session, inputs: Sequence[TensorSpec],
              outputs: Sequence[TensorSpec], source: str, metadata: dict[str, object]) -> None:
     """Compare the graph's declared inputs and outputs with the contract's specs."""
     for kind, declared, specs in (("input", session.get_inputs(), inputs),

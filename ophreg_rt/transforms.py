@@ -59,28 +59,28 @@ def implausibility(matrix: np.ndarray, model: TransformModel, fixed_size: tuple[
 
 def quadratic_implausibility(fit: QuadraticFit, fixed_size: tuple[int, int],
                              moving_size: tuple[int, int], plausibility: PlausibilityConfig,
-                             config: QuadraticConfig, fixed_inliers: np.ndarray) -> str | None:
+                             config: QuadraticConfig, fixed_inliers: np.ndarray,
+                             moving_inliers: np.ndarray) -> str | None:
     """Why the inliers cannot support ``fit`` (moving -> fixed, original pixels), or None.
 
-    fixed_inliers: ``(K, 2)`` the inliers' fixed-image pixels. Refused: fewer than
-    ``config.min_inliers`` inliers; inliers whose convex hull covers less than
-    ``config.min_coverage`` of the area the images share; a map that departs from the affine of
-    the same inliers by more than ``config.max_departure`` px (at REFERENCE_SIZE) anywhere in
-    that area; and a Jacobian that, somewhere there, folds over (det <= 0) or breaks the
-    scale and anisotropy bounds every transform is held to (``implausibility``).
+    fixed_inliers, moving_inliers: ``(K, 2)`` the inliers' pixels in each image. Refused: fewer
+    than ``config.min_inliers`` inliers; inliers whose convex hull covers less than
+    ``config.min_coverage`` of the area the images share; and, where the inliers support the
+    map (their hull grown by ``config.support_margin``, inside the shared area), a departure
+    from the affine of the same inliers of more than ``config.max_departure`` px (at
+    REFERENCE_SIZE), or a Jacobian that folds over (det <= 0) or breaks the scale and
+    anisotropy bounds every transform is held to (``implausibility``).
     """
     count = int(fit.inliers.sum())
     if count < config.min_inliers:
         return (f"a quadratic needs {config.min_inliers} inliers, the correspondences "
                 f"support {count}")
-    shared = _shared_points(fit, fixed_size, moving_size)
-    if len(shared) < 3:
-        return "the quadratic sends the moving image outside the fixed one"
-    overlap_area = _hull_area(map_quadratic(fit.coefficients, shared))
-    coverage = _hull_area(fixed_inliers) / overlap_area if overlap_area > 0 else 0.0
-    if coverage < config.min_coverage:
-        return (f"the inliers cover {100 * coverage:.0f} % of the shared field of view, "
-                f"fewer than the {100 * config.min_coverage:.0f} % a quadratic needs")
+    shared = _shared_points(fit.affine, fixed_size, moving_size)
+    refusal = _coverage_refusal(map_quadratic(fit.coefficients, shared), fixed_inliers,
+                                config.min_coverage, "a quadratic")
+    if refusal is not None:
+        return refusal
+    shared = _supported(shared, moving_inliers, config.support_margin * max(moving_size))
     to_reference = reference_scale(fixed_size)
     departure = float(np.linalg.norm(map_quadratic(fit.coefficients, shared)
                                      - apply(fit.affine, shared), axis=1).max()) * to_reference
@@ -108,19 +108,48 @@ def quadratic_implausibility(fit: QuadraticFit, fixed_size: tuple[int, int],
 _CHECK_GRID = 25
 
 
-def _shared_points(fit: QuadraticFit, fixed_size: tuple[int, int],
+def sparse_support(matrix: np.ndarray, fixed_inliers: np.ndarray, fixed_size: tuple[int, int],
+                   moving_size: tuple[int, int], config: PlausibilityConfig) -> str | None:
+    """Why inliers at ``(K, 2)`` fixed pixels are too bunched to support the planar transform
+    ``matrix`` (moving -> fixed) over the area the images share, or None."""
+    shared = _shared_points(matrix, fixed_size, moving_size)
+    return _coverage_refusal(apply(matrix, shared), fixed_inliers, config.min_coverage,
+                             "the transform")
+
+
+def _coverage_refusal(shared_fixed: np.ndarray, fixed_inliers: np.ndarray, min_coverage: float,
+                      what: str) -> str | None:
+    if len(shared_fixed) < 3:
+        return f"{what} sends the moving image outside the fixed one"
+    overlap_area = _hull_area(shared_fixed)
+    coverage = _hull_area(fixed_inliers) / overlap_area if overlap_area > 0 else 0.0
+    if coverage < min_coverage:
+        return (f"the inliers cover {100 * coverage:.0f} % of the shared field of view, "
+                f"fewer than the {100 * min_coverage:.0f} % {what} needs")
+    return None
+
+
+def _shared_points(matrix: np.ndarray, fixed_size: tuple[int, int],
                    moving_size: tuple[int, int]) -> np.ndarray:
-    """Moving pixels of a grid over the moving image that the affine of the inliers sends
-    inside the fixed image: the shared field of view, judged by the planar model so that a
-    wild quadratic cannot shrink the area it is checked on."""
+    """Moving pixels of a grid over the moving image that the planar ``matrix`` sends inside
+    the fixed image: the shared field of view (for a quadratic, judged by the affine of its
+    inliers, so that a wild quadratic cannot shrink the area it is checked on)."""
     width, height = moving_size
     grid_x, grid_y = np.meshgrid(np.linspace(0, width - 1, _CHECK_GRID),
                                  np.linspace(0, height - 1, _CHECK_GRID))
     grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
-    mapped = apply(fit.affine, grid)
+    mapped = apply(matrix, grid)
     inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] <= fixed_size[0] - 1)
               & (mapped[:, 1] >= 0) & (mapped[:, 1] <= fixed_size[1] - 1))
     return grid[inside]
+
+
+def _supported(points: np.ndarray, inliers: np.ndarray, margin: float) -> np.ndarray:
+    """The ``points`` within ``margin`` pixels of the convex hull of ``inliers`` (or inside)."""
+    hull = cv2.convexHull(np.asarray(inliers, dtype=np.float32))
+    distance = np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True)
+                         for x, y in points])
+    return points[distance >= -margin]
 
 
 def _hull_area(points: np.ndarray) -> float:
@@ -139,6 +168,30 @@ def map_points(model: TransformModel, parameters: np.ndarray, points: np.ndarray
     if TransformModel(model) is TransformModel.QUADRATIC:
         return map_quadratic(parameters, points)
     return apply(parameters, points)
+
+
+def fitted_from_json(record: dict) -> tuple[TransformModel, np.ndarray]:
+    """The fitted model and its parameters (as :func:`map_points` and :func:`warp_image` take
+    them) from a result object as ``RegistrationResult.to_json`` writes it: the ``(2, 6)``
+    quadratic coefficients, else the ``(3, 3)`` matrix (a line written before the ``matrix``
+    field has only ``affine``). Raises ValueError for a failed result or a malformed one."""
+    try:
+        model = TransformModel(record.get("transform") or TransformModel.AFFINE.value)
+        if model is TransformModel.QUADRATIC:
+            parameters = np.asarray(record["quadratic"]["coefficients"], dtype=np.float64)
+            shape = (2, 6)
+        elif record.get("matrix") is not None:
+            parameters, shape = np.asarray(record["matrix"], dtype=np.float64), (3, 3)
+        else:
+            parameters = np.vstack([np.asarray(record["affine"], dtype=np.float64),
+                                    [0.0, 0.0, 1.0]])
+            shape = (3, 3)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the result holds no transform ({exc})") from None
+    if parameters.shape != shape or not np.all(np.isfinite(parameters)):
+        raise ValueError(f"the result's {model.value} parameters have shape {parameters.shape}, "
+                         f"expected {shape} finite numbers")
+    return model, parameters
 
 
 def warp_image(moving: np.ndarray, parameters: np.ndarray, model: TransformModel,

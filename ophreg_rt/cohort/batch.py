@@ -7,6 +7,13 @@ line; the next run cuts it off before appending, then skips every pair that has 
 whose images cannot be read, or whose registration raises, gets a line with status ``error``:
 it never stops the batch.
 
+A result stands for the pair's content, not only its name: each line records the size and
+modification time of both images (``inputs``), and a resumed run re-registers a pair whose
+pair_id now names other paths or whose images changed since, dropping the stale line (the file
+keeps one line per pair). ``options.json`` records the options and the sha256 of every graph,
+so a resume with another graph is refused. One batch at a time writes to a folder: it holds an
+exclusive lock (``batch.lock``, released by the kernel however the process ends).
+
 Engines are functions ``(spec, pairs, workers) -> iterator of result lines`` in completion
 order. The local engine runs ``workers`` spawned processes, each with its own Registrar (its
 own onnxruntime sessions), so the models load once per worker; with one worker it runs in this
@@ -30,13 +37,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..config import RegistrarConfig
-from ..errors import OphregError
+from ..errors import BatchLockedError, ModelError, OphregError
+from ..ransac import STATUS_ERROR  # a pair that could not be attempted (unreadable image, ...)
 from .pairing import Pair
 
 RESULTS_FILE = "results.jsonl"
 #: The registration options of the batch's first run; a resumed run must ask for the same.
 OPTIONS_FILE = "options.json"
-STATUS_ERROR = "error"  # the pair could not be attempted (unreadable image, unexpected error)
+#: Held (flock) by the batch writing to the folder; its content is that batch's pid.
+LOCK_FILE = "batch.lock"
 #: Key of what a worker sends instead of a result when it could not load its models: the whole
 #: batch stops (exit 2) rather than filling the results with one error line per pair.
 WORKER_FAILED = "worker_failed"
@@ -51,6 +60,8 @@ class WorkerSpec:
     config: RegistrarConfig
     superpoint: Path | None = None
     matcher_model: Path | None = None  # the learned matcher's graph, None: the default
+    #: sha256 by model name of the graphs the workers must load (run_batch fills it in).
+    models: dict[str, str] | None = None
 
     def options(self) -> dict:
         """The settings that decide the results; threads and CPU fall-back do not."""
@@ -59,8 +70,23 @@ class WorkerSpec:
         # Through JSON and back: compared with what options.json holds, tuples become lists.
         return json.loads(json.dumps({"config": settings,
                                       "superpoint": str(self.superpoint or ""),
-                                      "matcher_model": str(self.matcher_model or "")},
+                                      "matcher_model": str(self.matcher_model or ""),
+                                      "models": self.models},
                                      default=str))
+
+    def graph_hashes(self) -> dict[str, str]:
+        """sha256 of each graph these options load, each checked against its manifest."""
+        from ..model_files import graphs_to_load
+        from ..sessions import verified_sha256
+
+        hashes = {}
+        for name, path in graphs_to_load(self.config.features, self.config.matcher,
+                                         self.config.precision, self.superpoint,
+                                         self.matcher_model).items():
+            if not path.is_file():
+                raise ModelError(f"{path}: model file not found")
+            hashes[name] = verified_sha256(path)
+        return hashes
 
 
 def available_cores() -> int:
@@ -93,6 +119,17 @@ class PairRegistrar:
                                        matcher_model=spec.matcher_model)
         except OphregError as exc:
             self.start_error = str(exc)
+            return
+        # A graph replaced between the parent's check and this worker's load (or on another
+        # node of a cluster) would give results options.json does not describe.
+        for name, sha256 in (spec.models or {}).items():
+            loaded = self.registrar.models.get(name, {})
+            if loaded.get("sha256") != sha256:
+                self.registrar = None
+                self.start_error = (f"{loaded.get('file', name)}: sha256 "
+                                    f"{loaded.get('sha256')} is not the {sha256} the batch "
+                                    "started with (the graph changed meanwhile)")
+                return
 
     def __call__(self, pair: Pair) -> dict:
         if self.registrar is None:
@@ -188,9 +225,20 @@ class ResultsLog:
                 os.fsync(handle.fileno())
         return records
 
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the file by ``records``, atomically (a crash leaves the old file or this)."""
+        from ..imageio import write_bytes_atomic
+
+        write_bytes_atomic(self.path, b"".join(self._line(record) for record in records))
+
+    @staticmethod
+    def _line(record: dict) -> bytes:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
     def append(self, record: dict) -> None:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        line = self._line(record)
+        # 0o666: the umask decides, as for any file the user creates.
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             os.write(descriptor, line)
             os.fsync(descriptor)
@@ -277,29 +325,98 @@ class BatchOutcome:
 
 
 def run_batch(pairs: list[Pair], out_dir: Path, spec: WorkerSpec, workers: int,
-              engine: Engine = local_engine, progress_stream=sys.stderr) -> BatchOutcome:
-    """Register every pair without a result in ``out_dir``; returns all of their results."""
+              engine: Engine = local_engine, progress_stream=None) -> BatchOutcome:
+    """Register every pair without a current result in ``out_dir``; returns all of their
+    results. A result is current when it was computed from the same image paths, sizes and
+    modification times as the pair has now (``inputs``)."""
+    # Looked up per call, not bound at import: a test runner (or a caller) may swap sys.stderr.
+    progress_stream = sys.stderr if progress_stream is None else progress_stream
     if workers < 1:
         raise OphregError(f"--workers {workers}: must be at least 1")
+    spec = replace(spec, models=spec.graph_hashes())
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_options(out_dir / OPTIONS_FILE, spec)
-    log = ResultsLog(out_dir / RESULTS_FILE)
-    wanted = {pair.pair_id for pair in pairs}
-    done = {r["pair_id"]: r for r in log.read() if r["pair_id"] in wanted}
-    todo = [pair for pair in pairs if pair.pair_id not in done]
-    started = time.monotonic()
-    if todo:
-        progress = Progress(len(pairs), len(done), progress_stream)
-        # closing: an error or Ctrl-C here must stop the engine's workers at once
-        with contextlib.closing(engine(spec, todo, min(workers, len(todo)))) as results:
-            for record in results:
-                if WORKER_FAILED in record:
-                    raise OphregError(f"a worker could not start: {record[WORKER_FAILED]}")
-                log.append(record)
-                done[record["pair_id"]] = record
-                progress.update(record)
+    with _folder_lock(out_dir):
+        _check_same_options(out_dir / OPTIONS_FILE, spec)
+        log = ResultsLog(out_dir / RESULTS_FILE)
+        inputs = {pair.pair_id: input_fingerprint(pair) for pair in pairs}
+        current = {pair.pair_id: pair for pair in pairs}
+        records = log.read()
+        done = {r["pair_id"]: r for r in records
+                if r["pair_id"] in current and _is_current(r, current[r["pair_id"]],
+                                                           inputs[r["pair_id"]])}
+        stale = [r for r in records if r["pair_id"] in current and r["pair_id"] not in done]
+        if stale:
+            # One line per pair stays true: the stale lines go before their pairs run again.
+            log.rewrite([r for r in records if r["pair_id"] not in current
+                         or r["pair_id"] in done])
+            changed = sorted({r["pair_id"] for r in stale})
+            print(f"{len(changed)} pairs changed since their result (other image paths, or "
+                  f"images modified): registering them again ({', '.join(changed[:5])}"
+                  f"{', ...' if len(changed) > 5 else ''})", file=progress_stream)
+        todo = [pair for pair in pairs if pair.pair_id not in done]
+        started = time.monotonic()
+        if todo:
+            progress = Progress(len(pairs), len(done), progress_stream)
+            # closing: an error or Ctrl-C here must stop the engine's workers at once
+            with contextlib.closing(engine(spec, todo, min(workers, len(todo)))) as results:
+                for record in results:
+                    if WORKER_FAILED in record:
+                        raise OphregError(f"a worker could not start: {record[WORKER_FAILED]}")
+                    record["inputs"] = inputs[record["pair_id"]]
+                    log.append(record)
+                    done[record["pair_id"]] = record
+                    progress.update(record)
     ordered = [done[pair.pair_id] for pair in pairs]
     return BatchOutcome(ordered, len(todo), time.monotonic() - started)
+
+
+def input_fingerprint(pair: Pair) -> dict:
+    """Size and modification time (ns) of the pair's images, taken before it is registered;
+    None for an image that cannot be stat'ed (its pair gets an error line)."""
+    def stat(path: Path) -> dict | None:
+        try:
+            found = path.stat()
+        except OSError:
+            return None
+        return {"size": found.st_size, "mtime_ns": found.st_mtime_ns}
+
+    return {"fixed": stat(pair.fixed_path), "moving": stat(pair.moving_path)}
+
+
+def _is_current(record: dict, pair: Pair, inputs: dict) -> bool:
+    return (record.get("fixed_path") == str(pair.fixed_path)
+            and record.get("moving_path") == str(pair.moving_path)
+            and record.get("inputs") == inputs)
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the folder's lock for a batch, or refuse at once when another batch holds it.
+
+    flock, not a file's existence: the kernel releases it when the holder ends in any way
+    (kill -9 included), so a crash never leaves a folder locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    path = out_dir / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise BatchLockedError(
+                f"{out_dir}: another ophreg batch{f' (pid {holder})' if holder else ''} is "
+                "writing its results there; wait for it to finish, or use another --out-dir") \
+                from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
 
 
 def _check_same_options(path: Path, spec: WorkerSpec) -> None:

@@ -16,6 +16,8 @@ from ..cli import (
 )
 from ..imageio import check_writable, write_bytes_atomic
 from .batch import RESULTS_FILE, WorkerSpec, local_engine, run_batch, summary_table
+from .dicom_manifest import add_options as add_dicom_manifest_options
+from .dicom_manifest import manifest_from_folder, refuse_folder_options
 from .manifest import COLUMNS, read_manifest
 from .pairing import (
     ACROSS_DATES,
@@ -25,6 +27,9 @@ from .pairing import (
     pairs_csv,
     read_pairs,
 )
+from .report import add_command as add_report_command
+from .report import add_options as add_report_options
+from .report import write_outputs
 
 #: What a shell reports for a process stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
@@ -37,9 +42,12 @@ def add_commands(commands) -> None:
         description="Pair the images of a manifest by the method's rules (one patient, eye and "
                     "field centre; tasks 1-3) and write the pairs file that `ophreg batch` reads.")
     pairs.add_argument("manifest", type=Path,
-                       help=f"CSV with the columns {', '.join(COLUMNS)}")
+                       help=f"CSV with the columns {', '.join(COLUMNS)}, or a folder of DICOM "
+                            "files (the manifest is read from their tags)")
     pairs.add_argument("--out", type=Path, help="write the pairs CSV there (default: stdout)")
-    pairs.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    pairs.add_argument("--force", action="store_true",
+                       help="overwrite an existing --out (and --manifest-out)")
+    add_dicom_manifest_options(pairs)
     pairs.set_defaults(handler=pairs_command)
 
     batch = commands.add_parser(
@@ -56,13 +64,20 @@ def add_commands(commands) -> None:
                        help="local: processes on this machine; ray: a Ray cluster (RAY_ADDRESS, "
                             "or a local one), needs the 'cluster' extra (default: %(default)s)")
     add_registration_options(batch)
+    add_report_options(batch)
     batch.set_defaults(handler=batch_command)
+    add_report_command(commands)
 
 
 def pairs_command(args: argparse.Namespace) -> int:
     if args.out:
         check_writable([args.out], args.force)
-    pairing = pair_images(read_manifest(args.manifest))
+    if args.manifest.is_dir():
+        images = manifest_from_folder(args)
+    else:
+        refuse_folder_options(args)
+        images = read_manifest(args.manifest)
+    pairing = pair_images(images)
     text = pairs_csv(pairing.pairs)
     if args.out:
         write_bytes_atomic(args.out, text.encode())
@@ -97,6 +112,10 @@ def batch_command(args: argparse.Namespace) -> int:
               "command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary_table(outcome.records))
+    if args.report or args.dicom:
+        made = write_outputs(args.out_dir, report=args.report, dicom=args.dicom,
+                             show_paths=args.show_paths, records=outcome.records)
+        print(made.summary(), file=sys.stderr)
     rate = f", {outcome.new / outcome.wall_s:.2f} pairs/s" if outcome.new else ""
     print(f"{outcome.new} pairs processed by this run in {outcome.wall_s:.1f} s{rate} "
           f"({len(pairs) - outcome.new} already done); results: {args.out_dir / RESULTS_FILE}",

@@ -12,12 +12,16 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_OK, add_registration_options, registration_config
+from ..cli import EXIT_OK, add_registration_options, matcher_graph_option, registration_config
 from ..config import RegistrarConfig
-from ..errors import OphregError
+from ..errors import InvalidConfigError, OutputWriteError
 from ..imageio import check_writable, write_bytes_atomic
 from ..registrar import Registrar
 from . import control_points, fire, protocol, runner
+
+#: Largest --auc-limit: thresholds past any image's size measure nothing, and each one is a
+#: row of the success-rate table (10**9 of them would need gigabytes).
+MAX_AUC_LIMIT_PX = 10_000
 
 
 def add_commands(commands) -> None:
@@ -73,8 +77,9 @@ def fire_command(args: argparse.Namespace) -> int:
 
 def points_command(args: argparse.Namespace) -> int:
     config = registration_config(args)
-    if args.auc_limit < 1:
-        raise OphregError(f"--auc-limit {args.auc_limit}: must be at least 1")
+    if not 1 <= args.auc_limit <= MAX_AUC_LIMIT_PX:
+        raise InvalidConfigError(f"--auc-limit {args.auc_limit}: must be from 1 to "
+                                 f"{MAX_AUC_LIMIT_PX}")
     pairs, schema = control_points.read_pairs(args.csv)
     notes = {"schema": schema, "fixed": "tgt; src is mapped onto it",
              "pair_error": ("mean distance between x_tgt and the estimate applied to x_src, px "
@@ -94,10 +99,11 @@ def points_command(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, config: RegistrarConfig, pairs: list[runner.Pair],
               groups: list[str], auc_limit: int, dataset: str, source: Path,
               notes: dict) -> None:
+    matcher_model = matcher_graph_option(args)
     if args.out:
         # Refuse before any work: an evaluation can take an hour.
         check_writable([args.out], args.force)
-    registrar = Registrar(config, superpoint_model=args.superpoint, matcher_model=args.superglue)
+    registrar = Registrar(config, superpoint_model=args.superpoint, matcher_model=matcher_model)
     width = runner.name_width(pairs)
     print(runner.table_header(width), flush=True)
 
@@ -111,5 +117,9 @@ def _evaluate(args: argparse.Namespace, config: RegistrarConfig, pairs: list[run
         document = runner.report(dataset, source, outcomes, summary, registrar, notes)
         # allow_nan=False: a non-finite number would make the report invalid JSON.
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-        write_bytes_atomic(args.out, text.encode())
+        try:
+            write_bytes_atomic(args.out, text.encode())
+        except OutputWriteError as exc:
+            raise OutputWriteError(f"{exc}; the rows and summary printed above are the "
+                                   "evaluation's results") from None
         print(f"report: {args.out}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -11,6 +12,9 @@ from typing import Protocol, TextIO
 
 import numpy as np
 
+from ..config import TransformModel
+from ..errors import OphregError
+from ..ransac import STATUS_ERROR
 from ..registrar import Registrar, RegistrationResult
 from ..transforms import apply
 from . import protocol
@@ -83,8 +87,15 @@ def register_pairs(registrar: Registrar, pairs: list[Pair],
                    on_outcome: Callable[[PairOutcome], None] = lambda _: None) -> list[PairOutcome]:
     outcomes = []
     for pair in pairs:
-        result = registrar.register(pair.fixed, pair.moving, fixed_name=str(pair.fixed),
-                                    moving_name=str(pair.moving))
+        started = time.perf_counter()
+        try:
+            result = registrar.register(pair.fixed, pair.moving, fixed_name=str(pair.fixed),
+                                        moving_name=str(pair.moving))
+        except OphregError as exc:
+            # One undecodable image costs its pair (failed: an infinite error), not the hour of
+            # registrations before and after it.
+            result = not_attempted(registrar, str(exc),
+                                   (time.perf_counter() - started) * 1000.0)
         errors = None
         if result.ok:
             errors = pair.truth.errors(result.map_points, result.moving_size)
@@ -92,6 +103,20 @@ def register_pairs(registrar: Registrar, pairs: list[Pair],
         on_outcome(outcome)
         outcomes.append(outcome)
     return outcomes
+
+
+def not_attempted(registrar: Registrar, reason: str, total_ms: float) -> RegistrationResult:
+    """The result of a pair that could not be registered at all (status "error")."""
+    requested = TransformModel(registrar.config.ransac.model)
+    empty_points, empty_pairs = np.zeros((0, 2)), np.zeros((0, 2), np.int64)
+    return RegistrationResult(
+        status=STATUS_ERROR, reason=reason,
+        transform=TransformModel.AFFINE if requested is TransformModel.AUTO else requested,
+        matrix=None, fixed_size=(0, 0), moving_size=(0, 0), keypoints_fixed=empty_points,
+        keypoints_moving=empty_points, matches=empty_pairs,
+        match_scores=np.zeros(0, np.float32), inliers=np.zeros(0, bool),
+        timings_ms={"total": total_ms}, models=dict(registrar.models), provider=registrar.provider,
+        features=registrar.front_end.value, matcher=registrar.matcher_name)
 
 
 def summary(outcomes: list[PairOutcome], groups: list[str],

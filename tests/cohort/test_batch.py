@@ -21,7 +21,7 @@ from benchmarks.synthetic_cohort import write_cohort
 from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from ophreg_rt.cohort.batch import ResultsLog, threads_per_worker
 from ophreg_rt.cohort.pairing import pairs_csv, read_pairs
-from ophreg_rt.transforms import apply
+from ophreg_rt.transforms import apply, fitted_from_json, map_points
 
 #: Small network input, and one intra-op thread in every engine so that the sessions' arithmetic
 #: is the same and results compare exactly.
@@ -81,12 +81,14 @@ CONTRACT_FIELDS = {"status", "reason", "affine", "num_keypoints", "num_matches",
                    "timings_ms", "models", "provider"}
 
 
-def transfer_error(matrix, truth, size) -> float:
-    """Mean distance, px at 1024, between where two maps send the central half of the image."""
+def transfer_error(record: dict, truth, size) -> float:
+    """Mean distance, px at 1024, between where a result line's transform (any model) and the
+    truth send the central half of the image."""
     width, height = size
     ys, xs = np.mgrid[height // 4:3 * height // 4:8, width // 4:3 * width // 4:8]
     points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-    distance = np.linalg.norm(apply(np.asarray(matrix), points) - apply(truth, points), axis=1)
+    estimate = map_points(*fitted_from_json(record), points)
+    distance = np.linalg.norm(estimate - apply(truth, points), axis=1)
     return float(distance.mean() * 1024 / max(size))
 
 
@@ -104,7 +106,7 @@ def test_every_pair_gets_one_result_with_the_true_transform(cohort, tmp_path, ca
         assert (record["task"], record["fixed_path"]) == (pair.task, str(pair.fixed_path))
         if record["status"] == "ok":
             truth = synthetic.truth(pair.fixed_path, pair.moving_path)
-            assert transfer_error(record["matrix"], truth, record["fixed_size"]) < \
+            assert transfer_error(record, truth, record["fixed_size"]) < \
                 TRUTH_TOLERANCE_PX, pair.row
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:5] == ["task", "pairs", "registered", "refused", "errors"]

@@ -113,7 +113,8 @@ def _fit_of(coefficients, src):
 def _refusal(coefficients, src, **changes):
     fit, dst = _fit_of(coefficients, src)
     return quadratic_implausibility(fit, SIZE, SIZE, PlausibilityConfig(),
-                                    replace(QuadraticConfig(), **changes), dst[fit.inliers])
+                                    replace(QuadraticConfig(), **changes), dst[fit.inliers],
+                                    src[fit.inliers])
 
 
 def test_a_retinal_bend_on_well_spread_inliers_is_accepted():
@@ -194,3 +195,35 @@ def test_the_result_json_carries_the_quadratic_and_warps_with_it(curved_case):
     np.testing.assert_allclose(map_quadratic(coefficients, points), result.map_points(points))
     warped = registrar.warp(moving, result)
     assert warped.shape == fixed.shape
+
+
+def _registrar_with(model: TransformModel) -> Registrar:
+    return Registrar(RegistrarConfig(ransac=replace(RegistrarConfig().ransac, model=model)))
+
+
+def test_auto_takes_the_quadratic_for_a_curved_warp(curved_case):
+    from benchmarks.known_truth import Case
+    fixed, moving, truth = curved_case
+    result = _registrar_with(TransformModel.AUTO).register(fixed, moving)
+    assert result.ok and result.transform is TransformModel.QUADRATIC
+    selection = result.model_selection
+    assert selection["requested"] == "auto" and selection["chosen"] == "quadratic"
+    assert selection["loo_rms_px"]["quadratic"] < selection["loo_rms_px"]["affine"]
+    assert mean_fov_error(result, Case("curved", fixed, moving, truth)) < 0.5
+
+
+def test_auto_falls_back_to_the_affine_and_says_why_when_a_quadratic_is_refused(curved_case):
+    fixed, moving, _ = curved_case
+    strict = replace(RegistrarConfig().quadratic, min_inliers=100_000)
+    config = RegistrarConfig(ransac=replace(RegistrarConfig().ransac, model=TransformModel.AUTO),
+                             quadratic=strict)
+    result = Registrar(config).register(fixed, moving)
+    assert result.ok and result.transform is TransformModel.AFFINE
+    assert result.affine is not None and result.coefficients is None
+    assert "inliers" in result.model_selection["why_not_quadratic"]
+    assert result.model_selection["chosen"] == "affine"
+    # asked for explicitly, the same refusal is a failed registration, not an affine
+    explicit = Registrar(replace(config, ransac=replace(config.ransac,
+                                                        model=TransformModel.QUADRATIC)))
+    refused = explicit.register(fixed, moving)
+    assert not refused.ok and "inliers" in refused.reason and refused.parameters is None

@@ -444,7 +444,7 @@ def test_result_is_read_only_and_shaped_as_documented():
         result.matrix[0, 0] = 2.0
 
 
-@pytest.mark.parametrize("model", list(TransformModel))
+@pytest.mark.parametrize("model", list(SAMPLE_SIZES))
 def test_fit_transform_is_exact_on_exact_points_and_ignores_zero_weights(model):
     rng = np.random.default_rng(29)
     truth = {TransformModel.AFFINE: eye_motion_affine,
