@@ -147,6 +147,9 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
                         help="RANSAC inlier threshold, px at 1024 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="RANSAC seed, 0..2**63-1 (default: %(default)s)")
+    parser.add_argument("--no-mask", action="store_true",
+                        help="use keypoints everywhere, also outside the fundus field of view, "
+                             "on the frame and on burnt-in text (masked by default)")
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="largest image accepted, width x height, checked from the file's "
                              "header before decoding (default: %(default)s)")
@@ -207,6 +210,7 @@ def registration_config(args: argparse.Namespace) -> RegistrarConfig:
         device=Device(args.device), precision=Precision(args.precision),
         allow_cpu_fallback=args.allow_cpu_fallback, threads=args.threads, seed=args.seed,
         max_pixels=args.max_pixels,
+        mask=replace(defaults.mask, enabled=not args.no_mask),
         preprocess=replace(defaults.preprocess, size=(args.size, args.size),
                            mode=PreprocessMode(args.preprocess)),
         ransac=replace(defaults.ransac, model=TransformModel(args.transform),

@@ -16,6 +16,7 @@ from benchmarks.known_truth import make_cases
 from conftest import CC0_RETINA, MODELS_DIR
 from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OUTPUT_FILES, main
 from ophreg_rt.imageio import write_image
+from ophreg_rt.transforms import fitted_from_json, warp_image
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,13 @@ def test_json_has_the_contract_fields(registered):
     _, out = registered
     document = json.loads((out / "result.json").read_text())
     assert document["status"] == "ok"
-    assert np.asarray(document["affine"]).shape == (2, 3)
+    # the default (auto) reports the model it chose, with its parameters in that model's field
+    assert document["model_selection"]["chosen"] == document["transform"]
+    if document["transform"] == "quadratic":
+        assert np.asarray(document["quadratic"]["coefficients"]).shape == (2, 6)
+        assert document["affine"] is None and document["matrix"] is None
+    else:
+        assert np.asarray(document["affine"]).shape == (2, 3)
     assert len(document["num_keypoints"]) == 2 and min(document["num_keypoints"]) > 0
     assert 0 < document["num_inliers"] <= document["num_matches"]
     assert {"superpoint", "matching", "ransac", "total"} <= set(document["timings_ms"])
@@ -67,12 +74,13 @@ def test_json_has_the_contract_fields(registered):
     assert document["models"]["superpoint"]["sha256"] == shipped["superpoint.onnx"]
 
 
-def test_warped_output_matches_the_reported_affine(registered, pair):
+def test_warped_output_matches_the_reported_transform(registered, pair):
     _, out = registered
     document = json.loads((out / "result.json").read_text())
     fixed = cv2.imread(str(pair[0]))
     moving = cv2.imread(str(pair[1]))
-    expected = cv2.warpAffine(moving, np.asarray(document["affine"]), fixed.shape[1::-1])
+    model, parameters = fitted_from_json(document)
+    expected = warp_image(moving, parameters, model, fixed.shape[1::-1])
     written = cv2.imread(str(out / "results" / OUTPUT_FILES["warped"]))
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
 
@@ -167,3 +175,25 @@ def test_installed_console_script_runs(pair, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == EXIT_USAGE
     assert "absent.png" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_affine_asked_for_warps_exactly_like_cv2_warp_affine(pair, tmp_path):
+    out = tmp_path / "affine"
+    assert main(["register", str(pair[0]), str(pair[1]), "--transform", "affine",
+                 "--out-dir", str(out), "--json", str(tmp_path / "affine.json")]) == EXIT_OK
+    document = json.loads((tmp_path / "affine.json").read_text())
+    assert document["transform"] == "affine" and document["quadratic"] is None
+    fixed, moving = cv2.imread(str(pair[0])), cv2.imread(str(pair[1]))
+    expected = cv2.warpAffine(moving, np.asarray(document["affine"]), fixed.shape[1::-1])
+    written = cv2.imread(str(out / OUTPUT_FILES["warped"]))
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_no_mask_keeps_keypoints_the_mask_drops(pair, tmp_path):
+    counts = {}
+    for flags in ([], ["--no-mask"]):
+        path = tmp_path / f"{len(flags)}.json"
+        assert main(["register", str(pair[0]), str(pair[1]), "--json", str(path), *flags]) == EXIT_OK
+        counts[len(flags)] = json.loads(path.read_text())["num_keypoints"]
+    # the CC0 photograph has a black surround whose edge the mask removes
+    assert all(masked < unmasked for masked, unmasked in zip(counts[0], counts[1]))
