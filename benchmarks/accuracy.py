@@ -16,8 +16,8 @@ Method:
   SIFT (grey and CLAHE on green), SuperPoint + MNN (grey and CLAHE), SuperPoint + LightGlue
   when ``models/lightglue.onnx`` exists and the registrar runs it, SuperPoint + SuperGlue with
   ``--superglue PATH`` (a graph exported from the user's checkpoint).
-* Real pairs (``data/dev/pairs/``, no ground truth): each pipeline (affine) registers each pair
-  both ways; the forward/backward consistency is the mean distance a moving field-of-view pixel
+* Real pairs (``data/dev/pairs/``, no ground truth): each pipeline (default transform model)
+  registers each pair both ways; the forward/backward consistency is the mean distance a moving field-of-view pixel
   travels through A(moving->fixed) then A(fixed->moving), px at 1024. A blend and a checkerboard
   of the fixed image and the warped moving image go into one report page.
 
@@ -213,7 +213,7 @@ def auc(errors: np.ndarray, limit: float = AUC_MAX_PX) -> float:
 
 def evaluate_real_pairs(chosen: list[Pipeline], registrars: dict[str, Registrar],
                         pairs_dir: Path, picture_dir: Path | None) -> dict:
-    """Each pair, each pipeline (affine): status both ways, consistency, and its picture."""
+    """Each pair, each pipeline (default transform model): status both ways, consistency, and its picture."""
     report: dict[str, dict] = {}
     for folder in sorted(p for p in pairs_dir.iterdir() if p.is_dir()):
         fixed = read_image(next(folder.glob("fixed.*")))
@@ -365,7 +365,7 @@ def plot_curves(report: dict, transform: str = TransformModel.AFFINE.value) -> n
 
 
 def real_pairs_page(report: dict) -> str:
-    lines = ["# Real pairs, every pipeline (affine)", "",
+    lines = ["# Real pairs, every pipeline (default transform model)", "",
              "No ground truth: judge the blend (left) and the checkerboard (right; vessels must "
              "run on across tile edges). Consistency: mean distance a moving field-of-view pixel "
              "travels through A(moving→fixed) then A(fixed→moving), px at 1024 (0 is perfectly "

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TransformModel
-from .ransac import fit_transform
+# the same input checks, sampling and stopping rule as every other model's RANSAC
+from .ransac import _as_points, _draw_samples, _needed_iterations, fit_transform
 
 #: The monomials each row of the (2, 6) coefficient array multiplies, in order.
 QUADRATIC_TERMS = ("x^2", "x*y", "y^2", "x", "y", "1")
@@ -182,17 +183,6 @@ class _NormalisedFrame:
         return pixels
 
 
-def _as_points(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.ndim != 2 or src.shape[1] != 2 or dst.shape != src.shape:
-        raise ValueError(f"src and dst must both be (N, 2) point arrays, got {src.shape} and "
-                         f"{dst.shape}")
-    if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
-        raise ValueError("src and dst must be finite pixel coordinates")
-    return src, dst
-
-
 #: Spacing, in fixed pixels, of the grid on which the warp's inverse map is solved exactly;
 #: between nodes it is interpolated bilinearly. The inverse of a retinal quadratic bends by
 #: well under 1e-4 px⁻¹, so the interpolation error is below 1e-3 px at this spacing, while
@@ -316,8 +306,6 @@ def minimal_ransac(src: np.ndarray, dst: np.ndarray, threshold: float,
     points determine the second-order terms poorly; :func:`best_quadratic` grows from both
     seeds and keeps the better.
     """
-    from .ransac import _draw_samples, _needed_iterations  # the same sampling and stopping rule
-
     src, dst = _as_points(src, dst)
     n = len(src)
     if n < 6:
