@@ -17,7 +17,11 @@ exclusive lock (``batch.lock``, released by the kernel however the process ends)
 Engines are functions ``(spec, pairs, workers) -> iterator of result lines`` in completion
 order. The local engine runs ``workers`` spawned processes, each with its own Registrar (its
 own onnxruntime sessions), so the models load once per worker; with one worker it runs in this
-process. Ray's engine (``ray_engine``) has the same shape.
+process. It sends each worker whole groups of pairs that share images (``group_pairs``), and a
+worker detects each distinct image of its group once (``PairRegistrar.register_group``); the
+lines still reach this process pair by pair, as each pair finishes. Ray's engine
+(``ray_engine``) has the same shape but still sends single pairs (each pair detects both of its
+images).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import math
 import multiprocessing
 import os
+import queue
 import signal
 import statistics
 import sys
@@ -142,7 +147,113 @@ class PairRegistrar:
             message = str(exc) if isinstance(exc, OphregError) else f"{type(exc).__name__}: {exc}"
             outcome = {"status": STATUS_ERROR, "reason": message, "error": type(exc).__name__,
                        "timings_ms": {"total": round((time.perf_counter() - started) * 1e3, 3)}}
-        return result_line(pair, outcome)
+        # Both images detected for this pair (Ray's engine): the field of register_group's
+        # lines, so that every engine writes the same fields.
+        return {**result_line(pair, outcome), "detections_cached": [False, False]}
+
+    def register_group(self, pairs: Iterable[Pair]) -> Iterator[dict]:
+        """Result lines of ``pairs``, in order, detecting each distinct image once.
+
+        The lines are those of ``__call__`` (same status, transform, parameters, inliers: the
+        same read -> detect -> match -> fit, the detections merely reused), with
+        ``detections_cached`` ([fixed, moving]: whether that image's detections came from an
+        earlier pair of the group) and timings that count only the reading and detection this
+        pair did itself (a pair whose images were both cached has no ``superpoint`` stage).
+
+        Memory: the cache lives for this call only and holds the detections of this group's
+        images (keypoints, scores and 256-d float32 descriptors: about 1 MB per 1000 keypoints,
+        a few MB per image), never the decoded images; it is dropped when the group is done. A
+        group is one connected component of the pairs (one eye and field of one patient in a
+        cohort), so it holds a handful of images.
+        """
+        from ..imageio import read_image
+
+        if self.registrar is None:
+            for _ in pairs:
+                yield {WORKER_FAILED: self.start_error}
+            return
+        registrar = self.registrar
+        cache: dict[tuple[str, int, int], object] = {}
+
+        def detections(path: Path, timings: dict[str, float]):
+            """(detections, came from the cache); reads and detects on a miss."""
+            try:
+                found = path.stat()
+                key = (str(path.resolve()), found.st_size, found.st_mtime_ns)
+            except OSError:
+                key = None  # read_image below raises the error an uncached pair would get
+            if key is not None and key in cache:
+                return cache[key], True
+            stages: dict[str, float] = {}
+            read_started = time.perf_counter()
+            image = read_image(path, None, registrar.config.max_pixels)
+            stages["read"] = (time.perf_counter() - read_started) * 1e3
+            (detected,) = registrar.detect([image], stages)
+            for stage, ms in stages.items():
+                timings[stage] = timings.get(stage, 0.0) + ms
+            if key is not None:
+                cache[key] = detected
+            return detected, False
+
+        try:
+            for pair in pairs:
+                started = time.perf_counter()
+                timings: dict[str, float] = {}
+                cached = [False, False]
+                try:
+                    fixed, cached[0] = detections(pair.fixed_path, timings)
+                    moving, cached[1] = detections(pair.moving_path, timings)
+                    match_started = time.perf_counter()
+                    matches = registrar.match(fixed, moving)
+                    timings["matching"] = (time.perf_counter() - match_started) * 1e3
+                    result = registrar.fit(fixed, moving, matches, timings=timings)
+                    total = (time.perf_counter() - started) * 1e3
+                    outcome = replace(result, timings_ms={**result.timings_ms,
+                                                          "total": total}).to_json()
+                except Exception as exc:  # noqa: BLE001 - as in __call__
+                    message = (str(exc) if isinstance(exc, OphregError)
+                               else f"{type(exc).__name__}: {exc}")
+                    outcome = {"status": STATUS_ERROR, "reason": message,
+                               "error": type(exc).__name__,
+                               "timings_ms": {"total": round((time.perf_counter() - started)
+                                                             * 1e3, 3)}}
+                yield {**result_line(pair, outcome), "detections_cached": cached}
+        finally:
+            cache.clear()  # one group's detections at a time, whatever ends the group
+
+
+def group_pairs(pairs: Iterable[Pair]) -> list[list[Pair]]:
+    """The pairs in groups that share images: the connected components of the graph whose
+    nodes are image files (resolved paths) and whose edges are the pairs (union-find).
+
+    Groups come in the order of their first pair and keep the pairs' order within them, so a
+    pairs file already grouped by eye (as ``ophreg pairs`` writes it) keeps its order.
+    """
+    pairs = list(pairs)
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving
+            node = parent[node]
+        return node
+
+    def image(path: Path) -> str:
+        try:
+            return str(Path(path).resolve())
+        except OSError:
+            return str(path)
+
+    ends = [(image(pair.fixed_path), image(pair.moving_path)) for pair in pairs]
+    for fixed, moving in ends:
+        a, b = root(fixed), root(moving)
+        if a != b:
+            parent[b] = a
+    groups: dict[str, list[Pair]] = {}
+    for pair, (fixed, _) in zip(pairs, ends):
+        groups.setdefault(root(fixed), []).append(pair)
+    return list(groups.values())
 
 
 def result_line(pair: Pair, outcome: dict) -> dict:
@@ -154,34 +265,57 @@ def result_line(pair: Pair, outcome: dict) -> dict:
 # --- the local engine -------------------------------------------------------------------------
 
 _worker: PairRegistrar | None = None
+_lines = None  # the queue of result lines to the parent (a multiprocessing Queue)
 
 
-def _start_worker(spec: WorkerSpec) -> None:
-    global _worker
+def _start_worker(spec: WorkerSpec, lines) -> None:
+    global _worker, _lines
     # Ctrl-C reaches the whole process group; the parent alone decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker = PairRegistrar(spec)
+    _worker, _lines = PairRegistrar(spec), lines
 
 
-def _register_in_worker(pair: Pair) -> dict:
-    assert _worker is not None, "the pool's initializer builds the worker"
-    return _worker(pair)
+def _register_group_in_worker(group: list[Pair]) -> int:
+    """Sends each pair's line to the parent as soon as it is done (a crash mid-group loses only
+    the unfinished pairs), not the group's lines at its end."""
+    assert _worker is not None and _lines is not None, "the pool's initializer builds the worker"
+    count = 0
+    for line in _worker.register_group(group):
+        _lines.put(line)
+        count += 1
+    return count
 
 
 def local_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[dict]:
     spec = replace(spec, config=replace(
         spec.config, threads=spec.config.threads or threads_per_worker(workers)))
+    # One group (pairs sharing images) is one unit of work: its images are detected once, by
+    # the worker that registers all of its pairs.
+    groups = group_pairs(pairs)
     if workers == 1:
         # No process to spawn: the one worker is this process (same sessions, same threads).
         worker = PairRegistrar(spec)
-        for pair in pairs:
-            yield worker(pair)
+        for group in groups:
+            yield from worker.register_group(group)
         return
     # spawn, not fork: a forked child would inherit onnxruntime's thread pools in a broken state.
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(workers, initializer=_start_worker, initargs=(spec,))
+    lines = context.Queue()
+    pool = context.Pool(min(workers, len(groups)), initializer=_start_worker,
+                        initargs=(spec, lines))
     try:
-        yield from pool.imap_unordered(_register_in_worker, pairs, chunksize=1)
+        # Largest groups first, so that a big eye does not start last and finish alone.
+        order = sorted(groups, key=len, reverse=True)
+        tasks = [pool.apply_async(_register_group_in_worker, (group,)) for group in order]
+        for _ in range(len(pairs)):
+            while True:
+                try:
+                    yield lines.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    for task in tasks:  # a group that raised would never send its lines
+                        if task.ready() and not task.successful():
+                            task.get()
         pool.close()
     except BaseException:
         pool.terminate()
