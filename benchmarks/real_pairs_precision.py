@@ -209,6 +209,11 @@ def evaluate(csv_path: Path, pipeline: str, model: TransformModel,
             "provider": report.get("provider"), "pairs": pairs}
 
 
+def _floor_cell(stats: dict) -> str:
+    """Mean (median / max) of a floor, px at 1024."""
+    return f"{stats['mean']:.2f} ({stats['median']:.2f} / {stats['max']:.2f})"
+
+
 def _cell(value: float | None) -> str:
     return "failed" if value is None else f"{value:.2f}"
 
@@ -231,12 +236,10 @@ def markdown(document: dict) -> str:
         cells = []
         for name in names:
             stats = document["floors"][name].get(model)
-            cells.append("n/a (chosen per pair)" if stats is None else
-                         f"{stats['mean']:.2f} ({stats['median']:.2f} / {stats['max']:.2f})")
+            cells.append("n/a (chosen per pair)" if stats is None else _floor_cell(stats))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     for key in next(iter(document["reference_floors"].values()), {}):
-        cells = [f"{stats['mean']:.2f} ({stats['median']:.2f} / {stats['max']:.2f})"
-                 for stats in (document["reference_floors"][name][key] for name in names)]
+        cells = [_floor_cell(document["reference_floors"][name][key]) for name in names]
         lines.append(f"| *{key.replace('_', ' ')} (reference)* | " + " | ".join(cells) + " |")
     lines += ["", "*References* are no runtime model: a cubic polynomial (20 parameters), and an "
               f"affine fitted to the {LOCAL_NEIGHBOURS} control points nearest to the held-out "

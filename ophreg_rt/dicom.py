@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .config import MAX_PIXELS
+from .config import MAX_PIXELS, TransformModel
 from .errors import ImageReadError, OphregError, OutputWriteError
+from .transforms import fitted_from_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom import Dataset
@@ -478,10 +479,8 @@ def _reference(tags):
 
 
 def _transform_parameters(result: dict) -> tuple[str, list]:
-    model = result.get("transform") or "affine"
-    if model == "quadratic" and result.get("quadratic"):
-        return model, result["quadratic"]["coefficients"]
-    return model, result.get("matrix") or result.get("affine") or []
+    model, parameters = fitted_from_json(result)
+    return model.value, parameters.tolist()
 
 
 def _rounded(values) -> list:
@@ -490,7 +489,8 @@ def _rounded(values) -> list:
 
 def _derivation(result: dict) -> str:
     model, parameters = _transform_parameters(result)
-    what = "2x6 quadratic coefficients" if model == "quadratic" else "3x3 matrix"
+    what = ("2x6 quadratic coefficients" if model == TransformModel.QUADRATIC.value
+            else "3x3 matrix")
     return (f"Moving image resampled into the fixed image's pixel grid by the fitted {model} "
             "transform "
             f"(moving pixel -> fixed pixel, {what}): {json.dumps(_rounded(parameters))}; "

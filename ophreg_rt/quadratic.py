@@ -18,14 +18,14 @@ NumPy only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import TransformModel
+from .config import QuadraticConfig, RansacConfig, TransformModel
 # the same input checks, sampling and stopping rule as every other model's RANSAC
-from .ransac import _as_points, _draw_samples, _needed_iterations, fit_transform
+from .ransac import (_as_points, _as_weights, _draw_samples, _needed_iterations, _normalise,
+                     fit_transform)
 
 #: The monomials each row of the (2, 6) coefficient array multiplies, in order.
 QUADRATIC_TERMS = ("x^2", "x*y", "y^2", "x", "y", "1")
@@ -74,11 +74,8 @@ def fit_quadratic(src: np.ndarray, dst: np.ndarray,
     determine the model (too few, or degenerate such as collinear).
     """
     src, dst = _as_points(src, dst)
+    weights = _as_weights(weights, len(src))
     if weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(src),) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise ValueError(f"weights must be ({len(src)},) finite and non-negative, got "
-                             f"shape {weights.shape}")
         keep = weights > 0
         src, dst, weights = src[keep], dst[keep], weights[keep]
     if len(src) < 6:
@@ -157,12 +154,11 @@ class _NormalisedFrame:
 
     def __init__(self, src: np.ndarray, dst: np.ndarray):
         for name, points in (("src", src), ("dst", dst)):
-            centre = points.mean(axis=0)
-            spread = np.linalg.norm(points - centre, axis=1).mean()
-            scale = math.sqrt(2.0) / spread if spread > 0 else 1.0
-            object.__setattr__(self, f"{name}_centre", centre)
+            normalised, transform = _normalise(points)  # the same normalisation as RANSAC's
+            scale = float(transform[0, 0])
+            object.__setattr__(self, f"{name}_centre", -transform[:2, 2] / scale)
             object.__setattr__(self, f"{name}_scale", scale)
-            object.__setattr__(self, name, (points - centre) * scale)
+            object.__setattr__(self, name, normalised)
 
     def to_pixels(self, normalised: np.ndarray) -> np.ndarray:
         """Coefficients on normalised monomials -> coefficients on pixel monomials."""
@@ -276,12 +272,12 @@ def grow_quadratic(src: np.ndarray, dst: np.ndarray, seed_inliers: np.ndarray,
 
 
 def best_quadratic(src: np.ndarray, dst: np.ndarray, affine_inliers: np.ndarray,
-                   threshold: float, config, ransac_config, rng: np.random.Generator
-                   ) -> QuadraticFit | None:
+                   threshold: float, config: QuadraticConfig, ransac_config: RansacConfig,
+                   rng: np.random.Generator) -> QuadraticFit | None:
     """The quadratic grown from the affine's inliers or, with ``config.minimal_seed``, from a
     minimal 6-point RANSAC's, whichever ends with more inliers (then the lower held-out
-    residual). ``config``: QuadraticConfig; ``ransac_config``: RansacConfig (confidence,
-    iterations, batch size of the 6-point RANSAC)."""
+    residual). ``ransac_config`` gives the 6-point RANSAC its confidence, iterations and batch
+    size."""
     seeds = [np.asarray(affine_inliers, dtype=bool)]
     if config.minimal_seed:
         minimal = minimal_ransac(src, dst, threshold, rng, ransac_config.confidence,

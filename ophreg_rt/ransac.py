@@ -119,11 +119,7 @@ def fit_transform(src: np.ndarray, dst: np.ndarray, model: TransformModel,
         raise ValueError(f"fit_transform fits {', '.join(m.value for m in SAMPLE_SIZES)}; "
                          "a quadratic is fitted by ophreg_rt.quadratic.fit_quadratic")
     src, dst = _as_points(src, dst)
-    if weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(src),) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise ValueError(f"weights must be ({len(src)},) finite and non-negative, got "
-                             f"shape {weights.shape}")
+    weights = _as_weights(weights, len(src))
     needed = SAMPLE_SIZES[model]
     if len(src) < needed:
         raise ValueError(f"a {model.value} needs at least {needed} points, got {len(src)}")
@@ -228,6 +224,16 @@ def _as_points(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
         raise ValueError("src and dst must be finite pixel coordinates")
     return src, dst
+
+
+def _as_weights(weights: np.ndarray | None, count: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (count,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(f"weights must be ({count},) finite and non-negative, got "
+                         f"shape {weights.shape}")
+    return weights
 
 
 def _check_config(config: RansacConfig) -> None:

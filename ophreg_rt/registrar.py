@@ -269,7 +269,7 @@ class Registrar:
 
         ``model`` overrides ``config.ransac.model``, so one set of matches can be fitted with
         each transform model. A quadratic (and ``auto``) starts from an affine RANSAC and grows
-        the quadratic on its inliers (:func:`quadratic.grow_quadratic`).
+        the quadratic on its inliers (:func:`quadratic.best_quadratic`).
         """
         timings = {} if timings is None else timings
         requested = TransformModel(self.config.ransac.model if model is None else model)
@@ -319,7 +319,7 @@ class Registrar:
                      {name: round(value, 4) for name, value in fit.loo_rms.items()}}
         if refusal is None and requested is TransformModel.AUTO:
             gain = fit.loo_rms["quadratic"] / max(fit.loo_rms["affine"], 1e-12)
-            if gain > config.auto_gain:
+            if gain >= config.auto_gain:
                 refusal = (f"the quadratic predicts held-out inliers {gain:.2f} times as far as "
                            f"the affine, not below {config.auto_gain:g}")
         if refusal is None:
