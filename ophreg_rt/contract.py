@@ -189,6 +189,103 @@ PIPELINE_OUTPUTS = (
 )
 
 
+
+class RegistrationIO:
+    """Names of the one-graph registration (``python -m export registration``): two images in,
+    the verified transform, its inliers, a status and the warped moving image out.
+
+    Everything a port would otherwise redo (channel choice, resizing with the half-pixel
+    convention, CLAHE, SuperPoint, LightGlue, RANSAC on a fixed hypothesis table, the refit,
+    the quadratic of ``auto`` and every refusal, the warp) is inside, so any onnxruntime binding
+    registers with no code of ours. Matches come in ``max_keypoints`` slots, best score first;
+    coordinates are original pixels, pixel centres at integers.
+    """
+
+    IMAGES = ("fixed", "moving")
+    STATUS = "status"
+    REASON = "reason"
+    TRANSFORM = "transform"
+    MATRIX = "matrix"
+    COEFFICIENTS = "coefficients"
+    LOO_RMS = "loo_rms"
+    QUADRATIC_REFUSAL = "quadratic_refusal"
+    NUM_INLIERS = "num_inliers"
+    NUM_KEYPOINTS = "num_keypoints"
+    MATCHED_KEYPOINTS = ("matched_keypoints_fixed", "matched_keypoints_moving")
+    MATCH_SCORES = "match_scores"
+    MATCH_MASK = "match_mask"
+    INLIERS = "inliers"
+    WARPED = "warped"
+
+
+#: ``status`` codes of the registration graph, with the runtime's status strings.
+REGISTRATION_STATUS = ("ok", "failed")
+
+#: ``transform`` codes of the registration graph: the model whose parameters hold.
+REGISTRATION_TRANSFORMS = ("affine", "quadratic")
+
+#: ``reason`` codes of the registration graph (index = code), in the runtime's words.
+REGISTRATION_REASONS = (
+    None,  # 0: ok
+    "an image is too small to register",
+    "too few correspondences for a transform",
+    "every sampled hypothesis was degenerate (duplicate or collinear points)",
+    "the best transform has too few inliers",
+    "the transform is implausible (not finite, mirrored, or scale or shear out of bounds)",
+    "the transform sends the moving image outside the fixed one",
+    "the inliers cover too little of the shared field of view",
+)
+
+#: ``quadratic_refusal`` codes (index = code): why ``auto`` kept the affine, or 0 when the
+#: quadratic was taken.
+QUADRATIC_REFUSALS = (
+    None,  # 0: the quadratic was taken
+    "too few inliers for a quadratic",
+    "the inliers cover too little of the shared field of view for a quadratic",
+    "the quadratic departs too far from the affine of its inliers",
+    "the quadratic folds over inside the shared field of view",
+    "implausible local scale or shear of the quadratic",
+    "the quadratic does not predict held-out inliers better than the affine",
+    "the affine failed; no quadratic is grown",
+)
+
+REGISTRATION_INPUTS = (
+    TensorSpec(RegistrationIO.IMAGES[0], "uint8", ("height0", "width0", "channels0"),
+               "fixed image, rows x columns x channels (1 grey, 3 RGB or 4 RGBA), any size"),
+    TensorSpec(RegistrationIO.IMAGES[1], "uint8", ("height1", "width1", "channels1"),
+               "moving image, same layout; warped into the fixed image's frame"),
+)
+REGISTRATION_OUTPUTS = (
+    TensorSpec(RegistrationIO.STATUS, "int64", (), "index into REGISTRATION_STATUS"),
+    TensorSpec(RegistrationIO.REASON, "int64", (), "index into REGISTRATION_REASONS; 0 when ok"),
+    TensorSpec(RegistrationIO.TRANSFORM, "int64", (), "index into REGISTRATION_TRANSFORMS"),
+    TensorSpec(RegistrationIO.MATRIX, "float32", (3, 3),
+               "the affine of the inliers, moving -> fixed pixels (last row 0 0 1); "
+               "zeros when failed"),
+    TensorSpec(RegistrationIO.COEFFICIENTS, "float32", (2, 6),
+               "the fitted map on the terms x^2, x*y, y^2, x, y, 1 of the moving pixel (an "
+               "affine has zeros in the first three columns): fixed x = row 0 . terms, fixed y "
+               "= row 1 . terms; zeros when failed"),
+    TensorSpec(RegistrationIO.LOO_RMS, "float32", (2,),
+               "leave-one-out RMS residual of the affine and of the quadratic on the inliers, "
+               "px at the reference size; NaN where not fitted"),
+    TensorSpec(RegistrationIO.QUADRATIC_REFUSAL, "int64", (), "index into QUADRATIC_REFUSALS"),
+    TensorSpec(RegistrationIO.NUM_INLIERS, "int64", (), "inliers of the fitted model"),
+    TensorSpec(RegistrationIO.NUM_KEYPOINTS, "int64", (2,), "keypoints found in fixed, moving"),
+    TensorSpec(RegistrationIO.MATCHED_KEYPOINTS[0], "float32", (MAX_KEYPOINTS, 2),
+               "(x, y) original fixed pixels of each match; (-1, -1) in padded slots"),
+    TensorSpec(RegistrationIO.MATCHED_KEYPOINTS[1], "float32", (MAX_KEYPOINTS, 2),
+               "(x, y) original moving pixels of each match; (-1, -1) in padded slots"),
+    TensorSpec(RegistrationIO.MATCH_SCORES, "float32", (MAX_KEYPOINTS,),
+               "matcher confidence, descending; 0 in padded slots"),
+    TensorSpec(RegistrationIO.MATCH_MASK, "bool", (MAX_KEYPOINTS,), "True for a real match"),
+    TensorSpec(RegistrationIO.INLIERS, "bool", (MAX_KEYPOINTS,),
+               "True for a match the fitted model kept"),
+    TensorSpec(RegistrationIO.WARPED, "uint8", ("height0", "width0", "channels1"),
+               "the moving image in the fixed frame (bilinear, zeros outside); all zeros when "
+               "failed"),
+)
+
 class MetaKey:
     """Names (without the ``ophreg.`` prefix) of the export settings every graph records."""
 
@@ -222,6 +319,7 @@ class ModelKind:
     SUPERGLUE = "superglue"
     LIGHTGLUE = "lightglue"
     PIPELINE = "pipeline"
+    REGISTRATION = "registration"
 
 
 _COMMON_KEYS = {
