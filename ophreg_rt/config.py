@@ -342,6 +342,11 @@ MAX_PIXELS = 100_000_000
 MAX_THREADS = 256
 #: RANSAC seeds are non-negative and fit a signed 64-bit integer (JSON readers, other runtimes).
 MAX_SEED = 2**63 - 1
+#: Images whose detections one worker keeps for reuse (ophreg_rt/detection_cache.py, LRU).
+#: SuperPoint costs at most max_keypoints x 1052 B an image (1.03 MiB at 1024), so 64 images
+#: are <= 66 MiB beside a worker's 1.3 GB peak (measured: default Registrar, a 1024-px pair);
+#: one eye and field of a cohort (the unit batch schedules) is a handful of images.
+DETECTION_CACHE_IMAGES = 64
 
 
 class Precision(str, Enum):

@@ -17,11 +17,12 @@ exclusive lock (``batch.lock``, released by the kernel however the process ends)
 Engines are functions ``(spec, pairs, workers) -> iterator of result lines`` in completion
 order. The local engine runs ``workers`` spawned processes, each with its own Registrar (its
 own onnxruntime sessions), so the models load once per worker; with one worker it runs in this
-process. It sends each worker whole groups of pairs that share images (``group_pairs``), and a
-worker detects each distinct image of its group once (``PairRegistrar.register_group``); the
-lines still reach this process pair by pair, as each pair finishes. Ray's engine
-(``ray_engine``) has the same shape but still sends single pairs (each pair detects both of its
-images).
+process. Both engines (Ray's, ``ray_engine``, too) send a worker whole groups of pairs that
+share images (``work_units``), and a worker detects each distinct image of its group once
+(``PairRegistrar.register_group``, through a bounded ``DetectionCache``); the local engine's
+lines still reach this process pair by pair, as each pair finishes, Ray's group by group.
+``WorkerSpec.detection_cache = 0`` (``ophreg batch --no-detection-cache``) is the per-pair path:
+single pairs, each detecting both of its images.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..config import RegistrarConfig
+from ..config import DETECTION_CACHE_IMAGES, RegistrarConfig
 from ..errors import BatchLockedError, ModelError, OphregError
 from ..ransac import STATUS_ERROR  # a pair that could not be attempted (unreadable image, ...)
 from .pairing import Pair
@@ -67,6 +68,10 @@ class WorkerSpec:
     matcher_model: Path | None = None  # the learned matcher's graph, None: the default
     #: sha256 by model name of the graphs the workers must load (run_batch fills it in).
     models: dict[str, str] | None = None
+    #: Images whose detections a worker keeps for the other pairs of their group (LRU);
+    #: 0: none, every pair is sent alone and detects both of its images. Not in options():
+    #: results are the same either way (tested), so a resume may change it.
+    detection_cache: int = DETECTION_CACHE_IMAGES
 
     def options(self) -> dict:
         """The settings that decide the results; threads and CPU fall-back do not."""
@@ -119,6 +124,9 @@ class PairRegistrar:
         from ..registrar import Registrar  # heavy: loads onnxruntime and the graphs
 
         self.registrar, self.start_error = None, None
+        self.cache_capacity = spec.detection_cache
+        #: The cache of the current or last group (emptied when the group ends; its counts stay).
+        self.cache = None
         try:
             self.registrar = Registrar(spec.config, superpoint_model=spec.superpoint,
                                        matcher_model=spec.matcher_model)
@@ -147,12 +155,12 @@ class PairRegistrar:
             message = str(exc) if isinstance(exc, OphregError) else f"{type(exc).__name__}: {exc}"
             outcome = {"status": STATUS_ERROR, "reason": message, "error": type(exc).__name__,
                        "timings_ms": {"total": round((time.perf_counter() - started) * 1e3, 3)}}
-        # Both images detected for this pair (Ray's engine): the field of register_group's
-        # lines, so that every engine writes the same fields.
+        # Both images detected for this pair: the field of a cached line, so that every path
+        # writes the same fields.
         return {**result_line(pair, outcome), "detections_cached": [False, False]}
 
     def register_group(self, pairs: Iterable[Pair]) -> Iterator[dict]:
-        """Result lines of ``pairs``, in order, detecting each distinct image once.
+        """Result lines of ``pairs``, detecting each distinct image once while the cache holds it.
 
         The lines are those of ``__call__`` (same status, transform, parameters, inliers: the
         same read -> detect -> match -> fit, the detections merely reused), with
@@ -160,56 +168,35 @@ class PairRegistrar:
         earlier pair of the group) and timings that count only the reading and detection this
         pair did itself (a pair whose images were both cached has no ``superpoint`` stage).
 
-        Memory: the cache lives for this call only and holds the detections of this group's
-        images (keypoints, scores and 256-d float32 descriptors: about 1 MB per 1000 keypoints,
-        a few MB per image), never the decoded images; it is dropped when the group is done. A
-        group is one connected component of the pairs (one eye and field of one patient in a
-        cohort), so it holds a handful of images.
+        Memory: the cache (``DetectionCache``) lives for this call only, holds at most
+        ``spec.detection_cache`` images' detections (SuperPoint: <= 1.03 MiB an image at 1024
+        keypoints; never the decoded images) and is dropped when the group is done. A group of
+        a cohort (one eye and field of one patient) fits it, and its pairs keep their order;
+        a larger one is ordered so that each image's pairs come together
+        (``cache_friendly_order``), which only costs repeated detections, never results.
+        With ``detection_cache`` 0 each pair is ``__call__``.
         """
-        from ..imageio import read_image
+        from ..detection_cache import DetectionCache, cache_friendly_order
 
+        pairs = list(pairs)
         if self.registrar is None:
             for _ in pairs:
                 yield {WORKER_FAILED: self.start_error}
             return
-        registrar = self.registrar
-        cache: dict[tuple[str, int, int], object] = {}
-
-        def detections(path: Path, timings: dict[str, float]):
-            """(detections, came from the cache); reads and detects on a miss."""
-            try:
-                found = path.stat()
-                key = (str(path.resolve()), found.st_size, found.st_mtime_ns)
-            except OSError:
-                key = None  # read_image below raises the error an uncached pair would get
-            if key is not None and key in cache:
-                return cache[key], True
-            stages: dict[str, float] = {}
-            read_started = time.perf_counter()
-            image = read_image(path, None, registrar.config.max_pixels)
-            stages["read"] = (time.perf_counter() - read_started) * 1e3
-            (detected,) = registrar.detect([image], stages)
-            for stage, ms in stages.items():
-                timings[stage] = timings.get(stage, 0.0) + ms
-            if key is not None:
-                cache[key] = detected
-            return detected, False
-
-        try:
+        if self.cache_capacity == 0:
             for pair in pairs:
+                yield self(pair)
+            return
+        self.cache = DetectionCache(self.registrar, self.cache_capacity)
+        try:
+            order = cache_friendly_order([(p.fixed_path, p.moving_path) for p in pairs],
+                                         self.cache_capacity)
+            for pair in (pairs[index] for index in order):
                 started = time.perf_counter()
-                timings: dict[str, float] = {}
                 cached = [False, False]
                 try:
-                    fixed, cached[0] = detections(pair.fixed_path, timings)
-                    moving, cached[1] = detections(pair.moving_path, timings)
-                    match_started = time.perf_counter()
-                    matches = registrar.match(fixed, moving)
-                    timings["matching"] = (time.perf_counter() - match_started) * 1e3
-                    result = registrar.fit(fixed, moving, matches, timings=timings)
-                    total = (time.perf_counter() - started) * 1e3
-                    outcome = replace(result, timings_ms={**result.timings_ms,
-                                                          "total": total}).to_json()
+                    registration = self.cache.register(pair.fixed_path, pair.moving_path)
+                    outcome, cached = registration.result.to_json(), registration.cached
                 except Exception as exc:  # noqa: BLE001 - as in __call__
                     message = (str(exc) if isinstance(exc, OphregError)
                                else f"{type(exc).__name__}: {exc}")
@@ -219,7 +206,7 @@ class PairRegistrar:
                                                              * 1e3, 3)}}
                 yield {**result_line(pair, outcome), "detections_cached": cached}
         finally:
-            cache.clear()  # one group's detections at a time, whatever ends the group
+            self.cache.clear()  # one group's detections at a time, whatever ends the group
 
 
 def group_pairs(pairs: Iterable[Pair]) -> list[list[Pair]]:
@@ -254,6 +241,13 @@ def group_pairs(pairs: Iterable[Pair]) -> list[list[Pair]]:
     for pair, (fixed, _) in zip(pairs, ends):
         groups.setdefault(root(fixed), []).append(pair)
     return list(groups.values())
+
+
+def work_units(pairs: list[Pair], detection_cache: int) -> list[list[Pair]]:
+    """What one worker registers at a time, largest first (a big eye that started last would
+    finish alone): the groups of pairs sharing images, or single pairs without a cache."""
+    units = group_pairs(pairs) if detection_cache else [[pair] for pair in pairs]
+    return sorted(units, key=len, reverse=True)
 
 
 def result_line(pair: Pair, outcome: dict) -> dict:
@@ -291,22 +285,20 @@ def local_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[
         spec.config, threads=spec.config.threads or threads_per_worker(workers)))
     # One group (pairs sharing images) is one unit of work: its images are detected once, by
     # the worker that registers all of its pairs.
-    groups = group_pairs(pairs)
+    units = work_units(pairs, spec.detection_cache)
     if workers == 1:
         # No process to spawn: the one worker is this process (same sessions, same threads).
         worker = PairRegistrar(spec)
-        for group in groups:
-            yield from worker.register_group(group)
+        for unit in units:
+            yield from worker.register_group(unit)
         return
     # spawn, not fork: a forked child would inherit onnxruntime's thread pools in a broken state.
     context = multiprocessing.get_context("spawn")
     lines = context.Queue()
-    pool = context.Pool(min(workers, len(groups)), initializer=_start_worker,
+    pool = context.Pool(min(workers, len(units)), initializer=_start_worker,
                         initargs=(spec, lines))
     try:
-        # Largest groups first, so that a big eye does not start last and finish alone.
-        order = sorted(groups, key=len, reverse=True)
-        tasks = [pool.apply_async(_register_group_in_worker, (group,)) for group in order]
+        tasks = [pool.apply_async(_register_group_in_worker, (unit,)) for unit in units]
         for _ in range(len(pairs)):
             while True:
                 try:

@@ -14,6 +14,7 @@ from ..cli import (
     matcher_graph_option,
     registration_config,
 )
+from ..config import DETECTION_CACHE_IMAGES
 from ..imageio import check_writable, write_bytes_atomic
 from .batch import RESULTS_FILE, WorkerSpec, local_engine, run_batch, summary_table
 from .dicom_manifest import add_options as add_dicom_manifest_options
@@ -63,6 +64,11 @@ def add_commands(commands) -> None:
     batch.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: processes on this machine; ray: a Ray cluster (RAY_ADDRESS, "
                             "or a local one), needs the 'cluster' extra (default: %(default)s)")
+    batch.add_argument("--no-detection-cache", action="store_true",
+                       help="register every pair on its own, detecting both of its images "
+                            "(same results, slower); by default a worker takes all pairs that "
+                            "share images and detects each image once, keeping at most "
+                            f"{DETECTION_CACHE_IMAGES} images' detections (~1 MiB each)")
     add_registration_options(batch)
     add_report_options(batch)
     batch.set_defaults(handler=batch_command)
@@ -104,7 +110,8 @@ def batch_command(args: argparse.Namespace) -> int:
         engine = ray_engine
     # Absolute: Ray actors do not run in this folder.
     spec = WorkerSpec(config, *(path and path.absolute()
-                                for path in (args.superpoint, matcher_graph_option(args))))
+                                for path in (args.superpoint, matcher_graph_option(args))),
+                      detection_cache=0 if args.no_detection_cache else DETECTION_CACHE_IMAGES)
     try:
         outcome = run_batch(pairs, args.out_dir, spec, args.workers, engine)
     except KeyboardInterrupt:

@@ -10,6 +10,12 @@ The driver (this process) keeps the results file, the resume and the progress of
 ``batch.run_batch``; the actors only register pairs and return their result lines. Images are
 read by the actors, so every node must see the pairs file's paths (a shared file system) and
 have ophreg-rt installed.
+
+One task is one unit of ``batch.work_units``, as in the local engine: a group of pairs sharing
+images, whose actor detects each image once (``PairRegistrar.register_group``, the same
+bounded cache), or a single pair with ``--no-detection-cache``. A task returns its group's
+lines together, so a failure mid-group loses that group's finished pairs too (a resume
+registers them again); a group is one eye's handful of pairs.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from ..errors import OphregError
-from .batch import PairRegistrar, WorkerSpec
+from .batch import PairRegistrar, WorkerSpec, work_units
 from .pairing import Pair
 
 EXTRA = "cluster"
@@ -44,8 +50,8 @@ class _PairActor:
     def __init__(self, spec: WorkerSpec):
         self._worker = PairRegistrar(spec)
 
-    def register(self, pair: Pair) -> dict:
-        return self._worker(pair)
+    def register_group(self, pairs: list[Pair]) -> list[dict]:
+        return list(self._worker.register_group(pairs))
 
 
 def actor_threads(ray, workers: int) -> int:
@@ -69,10 +75,13 @@ def ray_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[di
     threads = spec.config.threads or actor_threads(ray, workers)
     spec = replace(spec, config=replace(spec.config, threads=threads))
     actor_class = ray.remote(num_cpus=threads)(_PairActor)
-    actors = [actor_class.remote(spec) for _ in range(workers)]
+    units = work_units(pairs, spec.detection_cache)
+    # No idle actor: each one holds its CPUs and loads the models for nothing.
+    actors = [actor_class.remote(spec) for _ in range(min(workers, len(units)))]
     try:
-        yield from ActorPool(actors).map_unordered(
-            lambda actor, pair: actor.register.remote(pair), pairs)
+        for lines in ActorPool(actors).map_unordered(
+                lambda actor, unit: actor.register_group.remote(unit), units):
+            yield from lines
     except ray.exceptions.RayError as exc:  # e.g. a node lost: the finished pairs are kept
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OphregError(f"the Ray cluster failed ({first_line}); run the same command again "
