@@ -110,7 +110,7 @@ def to_mixed_fp16(source: Path, target: Path) -> Path:
 
 def time_matcher_synthetic(model_path: Path, device: Device, repeats: int,
                            matcher: MatcherName = MatcherName.SUPERGLUE) -> dict:
-    from export.superglue import synthetic_pair
+    from export.parity import synthetic_pair
     from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
     from ophreg_rt.matching import LightGlueRunner, SuperGlueRunner
 
@@ -132,7 +132,8 @@ def time_matcher_synthetic(model_path: Path, device: Device, repeats: int,
 def torch_references(batch: np.ndarray, repeats: int) -> dict:
     import torch
 
-    from export.superglue import random_superglue, synthetic_pair
+    from export.parity import synthetic_pair
+    from export.superglue import random_superglue
     from export.superpoint import load_superpoint
     from ophreg_rt.contract import SUPERGLUE_INPUTS
 

@@ -290,7 +290,7 @@ def section_keypoints(args, work: Path) -> dict:
     torch = _torch()
     torch.set_num_threads(args.threads)
     from export.lightglue import load_lightglue
-    from export.superglue import synthetic_pair
+    from export.parity import synthetic_pair
 
     superglue_path, superglue_module = random_superglue_graph(work, SuperGlueSettings())
     matchers = {"superglue": (session(superglue_path, args.threads), superglue_module.eval(),
@@ -439,7 +439,7 @@ def section_roofline(args, work: Path) -> dict:
 
 
 def section_levers(args, work: Path) -> dict:
-    from export.superglue import synthetic_pair
+    from export.parity import synthetic_pair
 
     image = read_image(CC0_RETINA)
     batch = np.stack([network_input(image, RegistrarConfig().preprocess)] * 2)

@@ -38,7 +38,8 @@ from ophreg_rt.contract import (SUPERPOINT_OUTPUTS, MetaKey, ModelKind, SuperPoi
 from ophreg_rt.imageio import read_image
 from ophreg_rt.preprocess import network_input
 
-from .common import attach_metadata, check_and_save, onnx_session, sha256_file, update_manifest
+from .common import attach_metadata, check_and_save, sha256_file, update_manifest
+from .parity import onnx_session
 
 COMMAND = "quantize"
 HELP = ("quantise the SuperPoint graph to INT8 (static, QDQ) with real fundus images as "

@@ -184,15 +184,16 @@ def test_cli_export_records_the_graph_in_the_manifest(graphs, superpoint_weights
 def test_onnxruntime_matches_torch_on_real_fundus_images(sessions, models, fundus, k, size, index):
     image = fundus(index, size)
     [figures] = sp.parity(sessions[k], models[k], image)
-    assert figures.same_keypoints, figures.line()
-    assert figures.padding_exact, figures.line()
-    assert figures.max_score_diff <= ORT_TOLERANCE, figures.line()
-    assert figures.max_descriptor_diff <= ORT_TOLERANCE, figures.line()
-    assert figures.num_onnx > 0
+    assert figures.exact["same keypoints"], figures.line()
+    assert figures.exact["padding exact"], figures.line()
+    assert figures.differences["score"].value <= ORT_TOLERANCE, figures.line()
+    assert figures.differences["descriptor"].value <= ORT_TOLERANCE, figures.line()
+    found = figures.counts["keypoints (onnx)"]
+    assert found > 0
     if k == SMALL_K:
-        assert figures.num_onnx == SMALL_K, "the small slot count should truncate"
+        assert found == SMALL_K, "the small slot count should truncate"
     else:
-        assert figures.num_onnx < k, "the default slot count should leave padded slots"
+        assert found < k, "the default slot count should leave padded slots"
 
 
 def _assert_matches_reference(model, image: np.ndarray) -> int:
