@@ -52,15 +52,14 @@ import onnxruntime as ort
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import MatcherName, Precision, SinkhornDomain, SuperGlueSettings
 from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
-from ophreg_rt.features import Features
 from ophreg_rt.imageio import read_image
 from ophreg_rt.matching import matcher_feeds, matches_from_graph, mutual_nearest_neighbours
 from ophreg_rt.model_files import default_matcher_graph, default_superpoint
 from ophreg_rt.preprocess import network_input, network_to_original
 from ophreg_rt.ransac import ransac
-from ophreg_rt.registrar import Detections
 from ophreg_rt.sessions import sha256_file
 from ophreg_rt.transforms import apply
+from ophreg_rt.types import Detections, Features
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("OPHREG_DATA_DIR", REPO.parent / "shared" / "data")) / "dev"
