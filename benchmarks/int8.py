@@ -52,9 +52,9 @@ import numpy as np
 
 from benchmarks.known_truth import (LARGE_MOTION, SMALL_MOTION, SUCCESS_PX, make_cases,
                                     mean_fov_error)
+from export.settings import QuantizationSettings, QuantizedActivations
 from ophreg_rt import Registrar, RegistrarConfig
-from ophreg_rt.config import (FeatureName, MatcherName, QuantizationSettings, QuantizedActivations,
-                              resolved_matcher)
+from ophreg_rt.config import FeatureName, MatcherName, resolved_matcher
 from ophreg_rt.contract import SUPERPOINT_OUTPUTS, SuperPointIO
 from ophreg_rt.imageio import read_image
 from ophreg_rt.preprocess import network_input

@@ -49,8 +49,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from export.settings import SinkhornDomain, SuperGlueSettings
 from ophreg_rt import Registrar, RegistrarConfig
-from ophreg_rt.config import MatcherName, Precision, SinkhornDomain, SuperGlueSettings
+from ophreg_rt.config import MatcherName, Precision
 from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
 from ophreg_rt.imageio import read_image
 from ophreg_rt.matching import matcher_feeds, matches_from_graph, mutual_nearest_neighbours

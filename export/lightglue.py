@@ -61,7 +61,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ophreg_rt.config import LightGlueSettings
 from ophreg_rt.contract import (
     BATCH,
     LIGHTGLUE_INPUTS,
@@ -93,6 +92,7 @@ from .common import (
 )
 from .onnx_io import export_with_dynamo, strip_trace_metadata
 from .parity import Difference, ParityFigures, onnx_session, run_graph, run_module
+from .settings import LightGlueSettings
 
 COMMAND = ModelKind.LIGHTGLUE
 HELP = "export LightGlue (SuperPoint checkpoint, v0.1 layout) to ONNX and prove it against PyTorch"

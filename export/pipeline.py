@@ -26,7 +26,6 @@ import onnx
 import torch
 from torch import nn
 
-from ophreg_rt.config import LightGlueSettings, SuperPointSettings
 from ophreg_rt.contract import (
     CELL,
     CONTRACT_VERSION,
@@ -53,6 +52,7 @@ from .lightglue import (
 )
 from .onnx_io import export_with_dynamo, strip_trace_metadata
 from .parity import Difference, ParityFigures, onnx_session
+from .settings import LightGlueSettings, SuperPointSettings
 from .superpoint import SuperPoint, load_superpoint
 
 COMMAND = ModelKind.PIPELINE

@@ -41,7 +41,6 @@ import onnx
 import torch
 from torch import nn
 
-from ophreg_rt.config import SinkhornDomain, SuperGlueSettings
 from ophreg_rt.contract import (
     BATCH, NUM_KEYPOINTS0, NUM_KEYPOINTS1, OPSET, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, MetaKey,
     ModelKind, SuperGlueIO,
@@ -55,6 +54,7 @@ from .common import (
 from .onnx_io import export_with_dynamo
 from .parity import (Difference, ParityFigures, onnx_session, run_graph, run_module,
                      synthetic_pair)
+from .settings import SinkhornDomain, SuperGlueSettings
 
 #: Keypoints are normalised by 0.7 * the longer image side around the image centre (reference).
 _KEYPOINT_SCALE = 0.7
@@ -507,7 +507,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sinkhorn-domain", choices=[d.value for d in SinkhornDomain],
                         default=SinkhornDomain(defaults.sinkhorn_domain).value,
                         help="how the iterations are written in the graph (same fixed point; "
-                             "see ophreg_rt.config.SinkhornDomain) (default: %(default)s)")
+                             "see export.settings.SinkhornDomain) (default: %(default)s)")
 
 
 def default_out(args: argparse.Namespace) -> Path:

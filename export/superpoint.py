@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ophreg_rt.config import SuperPointSettings
 from ophreg_rt.contract import (
     CELL,
     DESCRIPTOR_DIM,
@@ -47,6 +46,7 @@ from .common import (
     update_manifest,
 )
 from .parity import Difference, ParityFigures, onnx_session
+from .settings import SuperPointSettings
 
 COMMAND = ModelKind.SUPERPOINT
 HELP = ("export SuperPoint (detector + descriptor, fixed keypoint slots) and prove it "

@@ -25,7 +25,7 @@ from conftest import MODELS_DIR, WEIGHTS_DIR, _missing
 
 from export import lightglue as lg
 from export.common import load_checkpoint, sha256_file
-from ophreg_rt.config import LightGlueSettings
+from export.settings import LightGlueSettings
 from ophreg_rt.contract import (
     LIGHTGLUE_INPUTS,
     LIGHTGLUE_OUTPUTS,

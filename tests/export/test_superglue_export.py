@@ -31,7 +31,6 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ophreg_rt.config import SinkhornDomain, SuperGlueSettings  # noqa: E402
 from ophreg_rt.contract import (  # noqa: E402
     CONTRACT_VERSION,
     OPSET,
@@ -48,6 +47,7 @@ from export import superglue as sg  # noqa: E402
 from export.attention import LOG_ZERO, attend, key_mask  # noqa: E402
 from export.common import sha256_state_dict  # noqa: E402
 from export.parity import synthetic_pair  # noqa: E402
+from export.settings import SinkhornDomain, SuperGlueSettings  # noqa: E402
 
 pytestmark = pytest.mark.export
 

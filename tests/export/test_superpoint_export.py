@@ -27,7 +27,6 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ophreg_rt.config import SuperPointSettings  # noqa: E402
 from ophreg_rt.contract import (  # noqa: E402
     MAX_KEYPOINTS,
     OPSET,
@@ -41,6 +40,7 @@ from ophreg_rt.contract import (  # noqa: E402
 )
 
 from export import superpoint as sp  # noqa: E402
+from export.settings import SuperPointSettings  # noqa: E402
 
 pytestmark = pytest.mark.export
 

@@ -13,9 +13,10 @@ import pytest
 
 from benchmarks.known_truth import SUCCESS_PX, make_cases, mean_fov_error
 from conftest import CC0_RETINA, MODELS_DIR
+from export.settings import LightGlueSettings
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
-from ophreg_rt.config import LightGlueSettings, MatcherName
+from ophreg_rt.config import MatcherName
 from ophreg_rt.contract import LightGlueIO
 from ophreg_rt.errors import ContractMismatchError
 from ophreg_rt.imageio import write_image
