@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_batch import OPTIONS, cohort, read_results  # noqa: F401 - cohort is a fixture
 
-from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, build_parser, main, registration_config
+from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, build_parser, main
+from ophreg_rt.cli_options import registration_config
 from ophreg_rt.cohort.batch import PairRegistrar, WorkerSpec, group_pairs
 from ophreg_rt.cohort.pairing import Pair, read_pairs
 from ophreg_rt.registrar import Registrar
