@@ -12,6 +12,8 @@ import pytest
 
 from conftest import CC0_RETINA
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
+from ophreg_rt.errors import DatasetError, ImageReadError
+from ophreg_rt.evaluation import fire
 from ophreg_rt.imageio import read_image, write_image
 
 SIDE = 512  # native size of image 1; also the network input (--size), so the test is fast
@@ -224,3 +226,13 @@ def test_a_pair_outside_fires_categories_exits_2(tmp_path, capsys):
     truth.rename(tmp_path / "Ground Truth" / "control_points_X01_1_2.txt")
     assert main(["evaluate", "fire", str(tmp_path)]) == EXIT_USAGE
     _one_line_error(capsys, "control_points_X01_1_2.txt", "S, P, A")
+
+
+def test_a_refusal_says_whether_the_layout_or_an_image_is_at_fault(tmp_path):
+    _minimal_fire(tmp_path)
+    (tmp_path / "Images" / "S01_2.jpg").unlink()
+    with pytest.raises(ImageReadError):
+        fire.discover(tmp_path)
+    shutil.rmtree(tmp_path / "Images")
+    with pytest.raises(DatasetError):
+        fire.discover(tmp_path)

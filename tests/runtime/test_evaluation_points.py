@@ -11,6 +11,8 @@ import pytest
 
 from conftest import CC0_RETINA
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
+from ophreg_rt.errors import DatasetError, ImageReadError
+from ophreg_rt.evaluation import control_points
 from ophreg_rt.imageio import read_image, write_image
 
 SIDE = 512
@@ -146,6 +148,19 @@ def test_a_malformed_csv_exits_2_naming_file_and_line(data_set, tmp_path, capsys
     assert _evaluate(csv_path, tmp_path / "report.json") == EXIT_USAGE
     _one_line_error(capsys, *fragments)
     assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("lines, error", [
+    ([AFFINE_HEADER, "images/moving.png,images/fixed.png,1,abc,0,0,1,0"], DatasetError),
+    (["fixed,moving,a,b", "x,y,1,2"], DatasetError),
+    ([AFFINE_HEADER, "images/absent.png,images/fixed.png,1,0,0,0,1,0"], ImageReadError),
+], ids=["bad-number", "bad-header", "missing-image"])
+def test_a_refusal_says_whether_the_data_set_or_an_image_is_at_fault(data_set, lines, error):
+    csv_path = data_set / "typed.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(error) as caught:
+        control_points.read_pairs(csv_path)
+    assert type(caught.value) is error
 
 
 def test_a_missing_csv_and_a_bad_auc_limit_exit_2(data_set, tmp_path, capsys):
