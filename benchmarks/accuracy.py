@@ -44,6 +44,7 @@ from benchmarks.known_truth import (CATEGORIES, SUCCESS_PX, Case, make_category_
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import FeatureName, MatcherName, PreprocessMode, SiftConfig, TransformModel
 from ophreg_rt.errors import OphregError
+from ophreg_rt.evaluation.protocol import success_rates
 from ophreg_rt.imageio import read_image, write_bytes_atomic, write_image
 from ophreg_rt.model_files import models_dir
 from ophreg_rt.visualize import blend, checkerboard
@@ -199,15 +200,15 @@ def summarise(pipeline: str, model: TransformModel, category: str, errors: list[
     }
 
 
-def success_curve(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Share of cases with error strictly below each threshold (refusals never count)."""
-    return (np.asarray(errors)[None, :] < thresholds[:, None]).mean(axis=1)
-
-
 def auc(errors: np.ndarray, limit: float = AUC_MAX_PX) -> float:
-    """Area under the cumulative success curve over [0, limit] px, divided by limit."""
+    """Area under the cumulative success curve over [0, limit] px, divided by limit.
+
+    The curve is the evaluation protocol's (``protocol.success_rates``); the area is taken over
+    continuous thresholds (trapezoids), not over FIRE's integer thresholds as ``protocol.auc``
+    does, because the published known-truth figures were measured so.
+    """
     thresholds = np.linspace(0.0, limit, _AUC_STEPS + 1)
-    curve = success_curve(errors, thresholds)
+    curve = success_rates(errors, thresholds)
     return float(np.sum((curve[1:] + curve[:-1]) / 2.0) / _AUC_STEPS)
 
 
@@ -351,7 +352,7 @@ def plot_curves(report: dict, transform: str = TransformModel.AFFINE.value) -> n
             if entry is None:
                 continue
             errors = np.array([np.inf if e is None else e for e in entry["errors_px"]])
-            curve = success_curve(errors, thresholds)
+            curve = success_rates(errors, thresholds)
             points = np.stack([left + thresholds / AUC_MAX_PX * panel_w,
                                top + panel_h - curve * panel_h], axis=1)
             cv2.polylines(canvas, [np.round(points).astype(np.int32)], False,

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import sys
 from pathlib import Path
 
@@ -62,11 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ophreg_rt.contract import (
-    BATCH,
     LIGHTGLUE_INPUTS,
     LIGHTGLUE_OUTPUTS,
-    NUM_KEYPOINTS0,
-    NUM_KEYPOINTS1,
     OPSET,
     LightGlueIO,
     MetaKey,
@@ -90,7 +86,7 @@ from .common import (
     sha256_file,
     update_manifest,
 )
-from .onnx_io import export_with_dynamo, strip_trace_metadata
+from .onnx_io import export_matcher, strip_trace_metadata
 from .parity import Difference, ParityFigures, onnx_session, run_graph, run_module
 from .settings import LightGlueSettings
 
@@ -365,18 +361,8 @@ def _sample_inputs(batch: int, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
 def to_onnx(model: LightGlue) -> onnx.ModelProto:
     """The model as an ONNX graph (opset ``contract.OPSET``) with the contract's names and
     dynamic dimensions ``batch``, ``num_keypoints0``, ``num_keypoints1``."""
-    dims = {BATCH: torch.export.Dim(BATCH, min=1),
-            NUM_KEYPOINTS0: torch.export.Dim(NUM_KEYPOINTS0, min=1),
-            NUM_KEYPOINTS1: torch.export.Dim(NUM_KEYPOINTS1, min=1)}
-    dynamic = {spec.name: {axis: dims[name] for axis, name in enumerate(spec.shape)
-                           if isinstance(name, str)}
-               for spec in LIGHTGLUE_INPUTS}
-    parameters = list(inspect.signature(model.forward).parameters)
-    if parameters != [spec.name for spec in LIGHTGLUE_INPUTS]:
-        raise RuntimeError(f"LightGlue.forward takes {parameters}, the contract's inputs are "
-                           f"{[spec.name for spec in LIGHTGLUE_INPUTS]}")
-    proto = export_with_dynamo(model, _sample_inputs(batch=2, n0=11, n1=7), LIGHTGLUE_INPUTS,
-                               LIGHTGLUE_OUTPUTS, dynamic)
+    proto = export_matcher(model, _sample_inputs(batch=2, n0=11, n1=7), LIGHTGLUE_INPUTS,
+                           LIGHTGLUE_OUTPUTS)
     strip_trace_metadata(proto)
     return proto
 

@@ -3,6 +3,7 @@ dynamo export, the checked opset-18 -> 17 rewrite it needs, and the removal of t
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -48,6 +49,22 @@ def export_with_dynamo(model: nn.Module, examples: tuple[torch.Tensor, ...], inp
         downgrade_opset_18_to_17(proto)
     name_dimensions(proto, tuple(inputs) + tuple(outputs))
     return proto
+
+
+def export_matcher(model: nn.Module, examples: tuple[torch.Tensor, ...], inputs,
+                   outputs) -> onnx.ModelProto:
+    """A matcher as a graph whose every axis the contract names (``batch``, ``num_keypoints0``,
+    ``num_keypoints1``) is dynamic. ``model.forward`` must take the contract's inputs, in order:
+    the graph's inputs are named after them, so a mismatch would silently swap two tensors."""
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic = {spec.name: {axis: dims.setdefault(name, torch.export.Dim(name, min=1))
+                           for axis, name in enumerate(spec.shape) if isinstance(name, str)}
+               for spec in inputs}
+    parameters = list(inspect.signature(model.forward).parameters)
+    if parameters != [spec.name for spec in inputs]:
+        raise RuntimeError(f"{type(model).__name__}.forward takes {parameters}, the contract's "
+                           f"inputs are {[spec.name for spec in inputs]}")
+    return export_with_dynamo(model, examples, inputs, outputs, dynamic)
 
 
 def _default_opset(model: onnx.ModelProto) -> onnx.OperatorSetIdProto:

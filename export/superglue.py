@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import sys
 from pathlib import Path
@@ -42,8 +41,7 @@ import torch
 from torch import nn
 
 from ophreg_rt.contract import (
-    BATCH, NUM_KEYPOINTS0, NUM_KEYPOINTS1, OPSET, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, MetaKey,
-    ModelKind, SuperGlueIO,
+    OPSET, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, MetaKey, ModelKind, SuperGlueIO,
 )
 
 from .attention import LOG_ZERO, KeyMask, attend, attention_scale, key_mask, mutual_matches
@@ -51,7 +49,7 @@ from .common import (
     attach_metadata, base_metadata, check_and_save, load_checkpoint, sha256_file, sha256_state_dict,
     update_manifest,
 )
-from .onnx_io import export_with_dynamo
+from .onnx_io import export_matcher
 from .parity import (Difference, ParityFigures, onnx_session, run_graph, run_module,
                      synthetic_pair)
 from .settings import SinkhornDomain, SuperGlueSettings
@@ -405,18 +403,8 @@ def _sample_inputs(batch: int, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
 def to_onnx(model: SuperGlue) -> onnx.ModelProto:
     """The model as an ONNX graph (opset ``contract.OPSET``) with the contract's names and
     dynamic dimensions ``batch``, ``num_keypoints0``, ``num_keypoints1``."""
-    dims = {BATCH: torch.export.Dim(BATCH, min=1),
-            NUM_KEYPOINTS0: torch.export.Dim(NUM_KEYPOINTS0, min=1),
-            NUM_KEYPOINTS1: torch.export.Dim(NUM_KEYPOINTS1, min=1)}
-    dynamic = {spec.name: {axis: dims[name] for axis, name in enumerate(spec.shape)
-                           if isinstance(name, str)}
-               for spec in SUPERGLUE_INPUTS}
-    parameters = list(inspect.signature(model.forward).parameters)
-    if parameters != [spec.name for spec in SUPERGLUE_INPUTS]:
-        raise RuntimeError(f"SuperGlue.forward takes {parameters}, the contract's inputs are "
-                           f"{[spec.name for spec in SUPERGLUE_INPUTS]}")
-    return export_with_dynamo(model, _sample_inputs(batch=2, n0=11, n1=7), SUPERGLUE_INPUTS,
-                              SUPERGLUE_OUTPUTS, dynamic)
+    return export_matcher(model, _sample_inputs(batch=2, n0=11, n1=7), SUPERGLUE_INPUTS,
+                          SUPERGLUE_OUTPUTS)
 
 
 def export_metadata(settings: SuperGlueSettings, weights_file: str,

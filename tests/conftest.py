@@ -38,3 +38,13 @@ def superpoint_weights() -> Path:
     if not path.is_file():
         _missing(f"SuperPoint checkpoint not found at {path} (set OPHREG_WEIGHTS_DIR)")
     return path
+
+
+def one_line_error(capsys, *fragments: str) -> None:
+    """The command's refusal was one ``ophreg: error:`` line on stderr holding every fragment,
+    and no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("ophreg: error:"), err
+    for fragment in fragments:
+        assert fragment in err, err
