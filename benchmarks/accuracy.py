@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.harness import timed
 from benchmarks.known_truth import (CATEGORIES, SUCCESS_PX, Case, make_category_cases,
                                     mean_fov_error, overlap, round_trip_error)
 from ophreg_rt import Registrar, RegistrarConfig
@@ -137,12 +138,6 @@ def build_registrars(candidates: list[Pipeline]) -> tuple[dict[str, Registrar], 
     return registrars, skipped
 
 
-def _timed(function, *args):
-    started = time.perf_counter()
-    value = function(*args)
-    return value, (time.perf_counter() - started) * 1000.0
-
-
 def evaluate_known_truth(chosen: list[Pipeline], registrars: dict[str, Registrar],
                          cases: dict[str, list[Case]], models=MODELS) -> list[dict]:
     """One entry per (pipeline, transform model, category) with every case's error and time."""
@@ -151,7 +146,7 @@ def evaluate_known_truth(chosen: list[Pipeline], registrars: dict[str, Registrar
     def detect(pipeline: Pipeline, image: np.ndarray):
         key = (pipeline.front_end, id(image))
         if key not in detections:
-            found, elapsed = _timed(registrars[pipeline.name].detect, [image])
+            found, elapsed = timed(registrars[pipeline.name].detect, [image])
             detections[key] = (found[0], elapsed)
         return detections[key]
 
@@ -165,10 +160,10 @@ def evaluate_known_truth(chosen: list[Pipeline], registrars: dict[str, Registrar
                 fixed, fixed_ms = detect(pipeline, case.fixed)
                 moving, moving_ms = detect(pipeline, case.moving)
                 if pipeline.matching not in matched:
-                    matched[pipeline.matching] = _timed(registrar.match, fixed, moving)
+                    matched[pipeline.matching] = timed(registrar.match, fixed, moving)
                 matches, match_ms = matched[pipeline.matching]
                 for model in models:
-                    result, fit_ms = _timed(registrar.fit, fixed, moving, matches, model)
+                    result, fit_ms = timed(registrar.fit, fixed, moving, matches, model)
                     record = records[(pipeline.name, model)]
                     record["errors"].append(mean_fov_error(result, case))
                     record["times"].append(fixed_ms + moving_ms + match_ms + fit_ms)
@@ -224,10 +219,10 @@ def evaluate_real_pairs(chosen: list[Pipeline], registrars: dict[str, Registrar]
         for pipeline in chosen:
             registrar = registrars[pipeline.name]
             if pipeline.front_end not in detections:
-                detections[pipeline.front_end] = _timed(registrar.detect, [fixed, moving])
+                detections[pipeline.front_end] = timed(registrar.detect, [fixed, moving])
             (found_fixed, found_moving), detect_ms = detections[pipeline.front_end]
-            forward_matches, match_ms = _timed(registrar.match, found_fixed, found_moving)
-            forward, fit_ms = _timed(registrar.fit, found_fixed, found_moving, forward_matches)
+            forward_matches, match_ms = timed(registrar.match, found_fixed, found_moving)
+            forward, fit_ms = timed(registrar.fit, found_fixed, found_moving, forward_matches)
             backward = registrar.fit(found_moving, found_fixed,
                                      registrar.match(found_moving, found_fixed))
             entry = {"status": [forward.status, backward.status],

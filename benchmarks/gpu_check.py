@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from benchmarks.harness import summarise, time_registrar
 from benchmarks.known_truth import make_cases, mean_fov_error
-from benchmarks.latency import CC0_RETINA, WEIGHTS, summarise, time_registrar
+from benchmarks.latency import CC0_RETINA, WEIGHTS
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import Device, MatcherName
 from ophreg_rt.model_files import default_matcher_graph, default_superpoint
