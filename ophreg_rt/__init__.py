@@ -1,4 +1,5 @@
-"""ophreg_rt: registration of ophthalmic images with ONNX graphs of SuperPoint and SuperGlue.
+"""ophreg_rt: registration of ophthalmic images with ONNX graphs of SuperPoint and LightGlue
+(SuperGlue and mutual nearest neighbours as options).
 
 Torch-free: it needs only numpy, opencv and onnxruntime.
 
