@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from benchmarks.known_truth import make_cases, mean_fov_error
-from conftest import CC0_RETINA, REPO_ROOT
+from conftest import CC0_RETINA, python_output
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
 from ophreg_rt.config import FeatureName, MatcherName, SiftConfig
@@ -53,10 +51,7 @@ def test_the_sift_front_end_loads_no_onnxruntime_runner():
             "loaded = {'ophreg_rt.features', 'ophreg_rt.matching', 'ophreg_rt.sessions',\n"
             "          'onnxruntime'} & set(sys.modules)\n"
             "print(sorted(loaded))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert python_output(code) == "[]"
 
 
 @pytest.mark.parametrize("matcher", LEARNED_MATCHERS, ids=lambda m: m.value)
