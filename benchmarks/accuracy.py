@@ -39,11 +39,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.harness import timed
 from benchmarks.known_truth import (CATEGORIES, SUCCESS_PX, Case, make_category_cases,
                                     mean_fov_error, overlap, round_trip_error)
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import FeatureName, MatcherName, PreprocessMode, SiftConfig, TransformModel
 from ophreg_rt.errors import OphregError
+from ophreg_rt.evaluation.protocol import success_rates
 from ophreg_rt.imageio import read_image, write_bytes_atomic, write_image
 from ophreg_rt.model_files import models_dir
 from ophreg_rt.visualize import blend, checkerboard
@@ -136,12 +138,6 @@ def build_registrars(candidates: list[Pipeline]) -> tuple[dict[str, Registrar], 
     return registrars, skipped
 
 
-def _timed(function, *args):
-    started = time.perf_counter()
-    value = function(*args)
-    return value, (time.perf_counter() - started) * 1000.0
-
-
 def evaluate_known_truth(chosen: list[Pipeline], registrars: dict[str, Registrar],
                          cases: dict[str, list[Case]], models=MODELS) -> list[dict]:
     """One entry per (pipeline, transform model, category) with every case's error and time."""
@@ -150,7 +146,7 @@ def evaluate_known_truth(chosen: list[Pipeline], registrars: dict[str, Registrar
     def detect(pipeline: Pipeline, image: np.ndarray):
         key = (pipeline.front_end, id(image))
         if key not in detections:
-            found, elapsed = _timed(registrars[pipeline.name].detect, [image])
+            found, elapsed = timed(registrars[pipeline.name].detect, [image])
             detections[key] = (found[0], elapsed)
         return detections[key]
 
@@ -164,10 +160,10 @@ def evaluate_known_truth(chosen: list[Pipeline], registrars: dict[str, Registrar
                 fixed, fixed_ms = detect(pipeline, case.fixed)
                 moving, moving_ms = detect(pipeline, case.moving)
                 if pipeline.matching not in matched:
-                    matched[pipeline.matching] = _timed(registrar.match, fixed, moving)
+                    matched[pipeline.matching] = timed(registrar.match, fixed, moving)
                 matches, match_ms = matched[pipeline.matching]
                 for model in models:
-                    result, fit_ms = _timed(registrar.fit, fixed, moving, matches, model)
+                    result, fit_ms = timed(registrar.fit, fixed, moving, matches, model)
                     record = records[(pipeline.name, model)]
                     record["errors"].append(mean_fov_error(result, case))
                     record["times"].append(fixed_ms + moving_ms + match_ms + fit_ms)
@@ -199,15 +195,15 @@ def summarise(pipeline: str, model: TransformModel, category: str, errors: list[
     }
 
 
-def success_curve(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Share of cases with error strictly below each threshold (refusals never count)."""
-    return (np.asarray(errors)[None, :] < thresholds[:, None]).mean(axis=1)
-
-
 def auc(errors: np.ndarray, limit: float = AUC_MAX_PX) -> float:
-    """Area under the cumulative success curve over [0, limit] px, divided by limit."""
+    """Area under the cumulative success curve over [0, limit] px, divided by limit.
+
+    The curve is the evaluation protocol's (``protocol.success_rates``); the area is taken over
+    continuous thresholds (trapezoids), not over FIRE's integer thresholds as ``protocol.auc``
+    does, because the published known-truth figures were measured so.
+    """
     thresholds = np.linspace(0.0, limit, _AUC_STEPS + 1)
-    curve = success_curve(errors, thresholds)
+    curve = success_rates(errors, thresholds)
     return float(np.sum((curve[1:] + curve[:-1]) / 2.0) / _AUC_STEPS)
 
 
@@ -223,10 +219,10 @@ def evaluate_real_pairs(chosen: list[Pipeline], registrars: dict[str, Registrar]
         for pipeline in chosen:
             registrar = registrars[pipeline.name]
             if pipeline.front_end not in detections:
-                detections[pipeline.front_end] = _timed(registrar.detect, [fixed, moving])
+                detections[pipeline.front_end] = timed(registrar.detect, [fixed, moving])
             (found_fixed, found_moving), detect_ms = detections[pipeline.front_end]
-            forward_matches, match_ms = _timed(registrar.match, found_fixed, found_moving)
-            forward, fit_ms = _timed(registrar.fit, found_fixed, found_moving, forward_matches)
+            forward_matches, match_ms = timed(registrar.match, found_fixed, found_moving)
+            forward, fit_ms = timed(registrar.fit, found_fixed, found_moving, forward_matches)
             backward = registrar.fit(found_moving, found_fixed,
                                      registrar.match(found_moving, found_fixed))
             entry = {"status": [forward.status, backward.status],
@@ -351,7 +347,7 @@ def plot_curves(report: dict, transform: str = TransformModel.AFFINE.value) -> n
             if entry is None:
                 continue
             errors = np.array([np.inf if e is None else e for e in entry["errors_px"]])
-            curve = success_curve(errors, thresholds)
+            curve = success_rates(errors, thresholds)
             points = np.stack([left + thresholds / AUC_MAX_PX * panel_w,
                                top + panel_h - curve * panel_h], axis=1)
             cv2.polylines(canvas, [np.round(points).astype(np.int32)], False,

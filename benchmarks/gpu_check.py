@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from benchmarks.harness import summarise, time_registrar
 from benchmarks.known_truth import make_cases, mean_fov_error
-from benchmarks.latency import CC0_RETINA, WEIGHTS, summarise, time_registrar
+from benchmarks.latency import CC0_RETINA, WEIGHTS
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import Device, MatcherName
 from ophreg_rt.model_files import default_matcher_graph, default_superpoint
@@ -110,7 +111,7 @@ def to_mixed_fp16(source: Path, target: Path) -> Path:
 
 def time_matcher_synthetic(model_path: Path, device: Device, repeats: int,
                            matcher: MatcherName = MatcherName.SUPERGLUE) -> dict:
-    from export.superglue import synthetic_pair
+    from export.parity import synthetic_pair
     from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
     from ophreg_rt.matching import LightGlueRunner, SuperGlueRunner
 
@@ -132,7 +133,8 @@ def time_matcher_synthetic(model_path: Path, device: Device, repeats: int,
 def torch_references(batch: np.ndarray, repeats: int) -> dict:
     import torch
 
-    from export.superglue import random_superglue, synthetic_pair
+    from export.parity import synthetic_pair
+    from export.superglue import random_superglue
     from export.superpoint import load_superpoint
     from ophreg_rt.contract import SUPERGLUE_INPUTS
 

@@ -50,11 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import cpu_flags, load_average, session, summarise
 from benchmarks.known_truth import (LARGE_MOTION, SMALL_MOTION, SUCCESS_PX, make_cases,
                                     mean_fov_error)
+from export.settings import QuantizationSettings, QuantizedActivations
 from ophreg_rt import Registrar, RegistrarConfig
-from ophreg_rt.config import (FeatureName, MatcherName, QuantizationSettings, QuantizedActivations,
-                              resolved_matcher)
+from ophreg_rt.config import FeatureName, MatcherName, resolved_matcher
 from ophreg_rt.contract import SUPERPOINT_OUTPUTS, SuperPointIO
 from ophreg_rt.imageio import read_image
 from ophreg_rt.preprocess import network_input
@@ -87,27 +88,18 @@ LEFT_OUT_LEVERS = {
 }
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def summarise(samples: list[float]) -> dict:
-    values = np.asarray(samples)
-    return {"median_ms": float(np.median(values)), "p10_ms": float(np.percentile(values, 10)),
-            "p90_ms": float(np.percentile(values, 90)), "n": len(values)}
+def float_and_int8_session(path: Path, threads: int):
+    """The session every INT8 figure was measured with: onnxruntime's own defaults for the
+    memory pattern and spinning (the engine's sessions turn both off), so the published ratios
+    stay comparable."""
+    return session(path, threads, memory_pattern=True, spinning=None)
 
 
 def time_pair(float_path: Path, int8_path: Path, batch: np.ndarray, threads: int,
               warmup: int, repeats: int) -> dict:
     """Float and INT8 timed back to back in each round (module docstring)."""
-    sessions = {"float32": session(float_path, threads), "int8": session(int8_path, threads)}
+    sessions = {"float32": float_and_int8_session(float_path, threads),
+                "int8": float_and_int8_session(int8_path, threads)}
     feed = {SuperPointIO.IMAGE: batch}
     for _ in range(warmup):
         for s in sessions.values():
@@ -130,7 +122,7 @@ def agreement_rows(float_path: Path, int8_path: Path, images: dict[str, np.ndarr
     from export.quantize import agreement
 
     names = [spec.name for spec in SUPERPOINT_OUTPUTS]
-    sessions = [session(float_path, 2), session(int8_path, 2)]
+    sessions = [float_and_int8_session(float_path, 2), float_and_int8_session(int8_path, 2)]
     rows = []
     for name, image in images.items():
         outputs = [s.run(names, {SuperPointIO.IMAGE: image[None]}) for s in sessions]
@@ -225,16 +217,6 @@ def compare_category(by_graph: dict[str, dict[str, list[float]]], category: str,
     return entry
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(text.split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return sorted(f for f in wanted if f in flags)
-
-
 def load_inputs(paths: list[Path]) -> dict[str, np.ndarray]:
     default = RegistrarConfig().preprocess
     return {p.name: network_input(read_image(p), default) for p in paths}
@@ -243,16 +225,9 @@ def load_inputs(paths: list[Path]) -> dict[str, np.ndarray]:
 def op_time_shares(path: Path, batch: np.ndarray, threads: int) -> dict:
     """Share of the summed node time per operator type, from onnxruntime's profiler (one run
     after one warm-up), on the graph as onnxruntime optimised it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="ophreg-profile-") as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        s = session(path, threads, memory_pattern=True, spinning=None,
+                    profile_prefix=str(Path(folder) / "profile"))
         s.run(None, {SuperPointIO.IMAGE: batch})
         s.run(None, {SuperPointIO.IMAGE: batch})
         events = json.loads(Path(s.end_profiling()).read_text())
@@ -323,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         report = {"method": __doc__, "machine": platform.platform(),
                   "processor": platform.processor(),
                   "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
-                  "load_average_at_start": list(os.getloadavg()),
+                  "load_average_at_start": load_average(),
                   "onnxruntime": __import__("onnxruntime").__version__,
                   "float_graph": {"file": args.float_graph.name,
                                   "sha256": sha256_file(args.float_graph)},
@@ -365,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _write(report: dict, out: Path) -> None:
-    report["load_average_at_end"] = list(os.getloadavg())
+    report["load_average_at_end"] = load_average()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

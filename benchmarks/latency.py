@@ -49,18 +49,20 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.harness import (alternate, cpu_flags, cpu_model, load_average, session,
+                                summarise)
+from export.settings import SinkhornDomain, SuperGlueSettings
 from ophreg_rt import Registrar, RegistrarConfig
-from ophreg_rt.config import MatcherName, Precision, SinkhornDomain, SuperGlueSettings
+from ophreg_rt.config import MatcherName, Precision
 from ophreg_rt.contract import LIGHTGLUE_INPUTS, SUPERGLUE_INPUTS
-from ophreg_rt.features import Features
 from ophreg_rt.imageio import read_image
 from ophreg_rt.matching import matcher_feeds, matches_from_graph, mutual_nearest_neighbours
 from ophreg_rt.model_files import default_matcher_graph, default_superpoint
 from ophreg_rt.preprocess import network_input, network_to_original
 from ophreg_rt.ransac import ransac
-from ophreg_rt.registrar import Detections
 from ophreg_rt.sessions import sha256_file
 from ophreg_rt.transforms import apply
+from ophreg_rt.types import Detections, Features
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("OPHREG_DATA_DIR", REPO.parent / "shared" / "data")) / "dev"
@@ -69,63 +71,6 @@ WEIGHTS = WEIGHTS_DIR / "superpoint_v1.pth"
 LIGHTGLUE_WEIGHTS = WEIGHTS_DIR / "superpoint_lightglue.pth"
 CC0_RETINA = REPO / "tests" / "fixtures" / "skimage_retina.jpg"
 SECTIONS = ("pipeline", "sizes", "keypoints", "levers", "roofline", "ransac", "memory")
-
-
-def summarise(samples: list[float]) -> dict:
-    values = np.asarray(samples)
-    return {"median_ms": float(np.median(values)), "p10_ms": float(np.percentile(values, 10)),
-            "p90_ms": float(np.percentile(values, 90)), "n": len(values)}
-
-
-def time_registrar(registrar: Registrar, fixed, moving, warmup: int, repeats: int) -> dict:
-    """Per-stage medians of ``registrar.register`` (used by benchmarks/gpu_check.py too)."""
-    for _ in range(warmup):
-        registrar.register(fixed, moving)
-    stages: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        result = registrar.register(fixed, moving)
-        for stage, value in result.timings_ms.items():
-            stages.setdefault(stage, []).append(value)
-    return {stage: summarise(values) for stage, values in stages.items()}
-
-
-def alternate(runs: dict[str, Callable[[], dict[str, float] | None]], warmup: int,
-              repeats: int) -> dict[str, dict]:
-    """Time several callables round-robin; one may return its own stage timings as a dict."""
-    samples: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
-    for i in range(warmup + repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            stages = run()
-            elapsed = (time.perf_counter() - started) * 1000.0
-            if i < warmup:
-                continue
-            stages = stages if isinstance(stages, dict) else {}
-            for stage, value in {**stages, "total": elapsed}.items():
-                samples[name].setdefault(stage, []).append(value)
-    return {name: {stage: summarise(v) for stage, v in stages.items()}
-            for name, stages in samples.items()}
-
-
-def session(path: Path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            inter_threads: int = 1, arena: bool = True,
-            memory_pattern: bool = False, spinning: bool = False,
-            profile_prefix: str | None = None) -> ort.InferenceSession:
-    """A session as ophreg_rt.sessions makes it, with one setting changed at a time."""
-    options = ort.SessionOptions()
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.graph_optimization_level = level
-    options.enable_cpu_mem_arena = arena
-    options.enable_mem_pattern = memory_pattern
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = inter_threads
-    if inter_threads > 1:
-        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +235,7 @@ def section_keypoints(args, work: Path) -> dict:
     torch = _torch()
     torch.set_num_threads(args.threads)
     from export.lightglue import load_lightglue
-    from export.superglue import synthetic_pair
+    from export.parity import synthetic_pair
 
     superglue_path, superglue_module = random_superglue_graph(work, SuperGlueSettings())
     matchers = {"superglue": (session(superglue_path, args.threads), superglue_module.eval(),
@@ -439,7 +384,7 @@ def section_roofline(args, work: Path) -> dict:
 
 
 def section_levers(args, work: Path) -> dict:
-    from export.superglue import synthetic_pair
+    from export.parity import synthetic_pair
 
     image = read_image(CC0_RETINA)
     batch = np.stack([network_input(image, RegistrarConfig().preprocess)] * 2)
@@ -526,7 +471,7 @@ _ARENA_CHILD = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from benchmarks.latency import session
+from benchmarks.harness import session
 from ophreg_rt.model_files import default_superpoint
 threads, arena, pattern = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
 graph = session(default_superpoint(), threads, arena=arena, memory_pattern=pattern)
@@ -648,17 +593,8 @@ def section_memory(args, work: Path) -> dict:
 def machine() -> dict:
     import torch
 
-    flags = ""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        flags = " ".join(sorted({f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma")
-                                 if f" {f}" in cpuinfo}))
-        model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return {"platform": platform.platform(), "cpu": model, "cpu_flags": flags,
-            "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+    return {"platform": platform.platform(), "cpu": cpu_model(),
+            "cpu_flags": " ".join(cpu_flags()), "cpu_count": os.cpu_count(), "load_average_at_start": load_average(),
             "python": platform.python_version(), "onnxruntime": ort.__version__,
             "torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
 
@@ -699,7 +635,7 @@ def main() -> None:
                 result = globals()[f"section_{name}"](args, work)
             result["wall_s"] = time.perf_counter() - started
             report["sections"][name] = result
-    report["machine"]["load_average_at_end"] = os.getloadavg()
+    report["machine"]["load_average_at_end"] = load_average()
     report["machine"]["peak_rss_of_benchmark_mib"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,9 +47,9 @@ from benchmarks.known_truth import (
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import MatcherName, PreprocessMode
 from ophreg_rt.contract import LIGHTGLUE_OUTPUTS, LightGlueIO
-from ophreg_rt.features import Features
-from ophreg_rt.matching import LightGlueRunner, Matches, mutual_nearest_neighbours
+from ophreg_rt.matching import LightGlueRunner, mutual_nearest_neighbours
 from ophreg_rt.model_files import default_matcher_graph
+from ophreg_rt.types import Features, Matches
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 STRICT_PX = 2.0

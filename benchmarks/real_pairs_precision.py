@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
@@ -57,6 +56,7 @@ from ophreg_rt.evaluation.control_points import read_pairs
 from ophreg_rt.imageio import read_image
 from ophreg_rt.quadratic import fit_quadratic, map_quadratic
 from ophreg_rt.ransac import fit_transform
+from ophreg_rt.sessions import sha256_file
 from ophreg_rt.transforms import apply
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -278,10 +278,6 @@ def markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     every_model = [model.value for model in TransformModel]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -310,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                      "numpy": np.__version__},
         "control_points": {
             "csv": os.path.relpath(args.csv.resolve(), BENCHMARKS.parent),
-            "sha256": _sha256(args.csv),
+            "sha256": sha256_file(args.csv),
             "pairs": {name: {"points": len(entry["src"]), "fixed_size": entry["fixed_size"],
                              "tgt": entry["key"][1], "src": entry["key"][0]}
                       for name, entry in points.items()},

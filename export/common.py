@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -97,30 +97,3 @@ def update_manifest(graph_path: str | Path, model: str, source_checkpoint: str,
     manifest["graphs"] = sorted(entries, key=lambda e: e["file"])
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest_path
-
-
-def onnx_session(path: str | Path, threads: int | None = None):
-    """A plain onnxruntime CPU session for parity checks (``threads`` None: its default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_module(model: torch.nn.Module, feeds: Mapping[str, np.ndarray],
-               inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
-               ) -> dict[str, np.ndarray]:
-    """A module's outputs on contract feeds (``inputs``/``outputs``: the contract's TensorSpecs)."""
-    with torch.no_grad():
-        results = model(*(torch.from_numpy(feeds[spec.name]) for spec in inputs))
-    return {spec.name: t.numpy() for spec, t in zip(outputs, results)}
-
-
-def run_graph(session, feeds: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec],
-              outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """A graph's outputs on the same feeds, by contract name."""
-    names = [spec.name for spec in outputs]
-    return dict(zip(names, session.run(names, {spec.name: feeds[spec.name] for spec in inputs})))

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import sys
 from pathlib import Path
 
@@ -61,40 +60,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ophreg_rt.config import LightGlueSettings
 from ophreg_rt.contract import (
-    BATCH,
     LIGHTGLUE_INPUTS,
     LIGHTGLUE_OUTPUTS,
-    NUM_KEYPOINTS0,
-    NUM_KEYPOINTS1,
     OPSET,
     LightGlueIO,
     MetaKey,
     ModelKind,
 )
 
+from .attention import (
+    LOG_ZERO,
+    KeyMask,
+    attend,
+    attention_scale,
+    key_bias,
+    key_mask,
+    mutual_matches,
+)
 from .common import (
     attach_metadata,
     base_metadata,
     check_and_save,
     load_checkpoint,
-    onnx_session,
-    run_graph,
-    run_module,
     sha256_file,
     update_manifest,
 )
-from .superglue import (
-    LOG_ZERO,
-    KeyMask,
-    attend,
-    attention_scale,
-    export_with_dynamo,
-    key_bias,
-    key_mask,
-    mutual_matches,
-)
+from .onnx_io import export_matcher, strip_trace_metadata
+from .parity import Difference, ParityFigures, onnx_session, run_graph, run_module
+from .settings import LightGlueSettings
 
 COMMAND = ModelKind.LIGHTGLUE
 HELP = "export LightGlue (SuperPoint checkpoint, v0.1 layout) to ONNX and prove it against PyTorch"
@@ -227,7 +221,7 @@ class MatchAssignment(nn.Module):
             log_rows = F.log_softmax(similarity, dim=2)
             log_cols = F.log_softmax(similarity, dim=1)
         else:
-            # Added biases for the reason and within the bound of superglue.attend: padded
+            # Added biases for the reason and within the bound of attention.attend: padded
             # entries add exact zeros to each log-sum-exp. They are not LOG_ZERO themselves;
             # the Where below writes that into every entry with a padded side.
             keep = mask0[:, :, None] & mask1[:, None, :]
@@ -367,36 +361,10 @@ def _sample_inputs(batch: int, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
 def to_onnx(model: LightGlue) -> onnx.ModelProto:
     """The model as an ONNX graph (opset ``contract.OPSET``) with the contract's names and
     dynamic dimensions ``batch``, ``num_keypoints0``, ``num_keypoints1``."""
-    dims = {BATCH: torch.export.Dim(BATCH, min=1),
-            NUM_KEYPOINTS0: torch.export.Dim(NUM_KEYPOINTS0, min=1),
-            NUM_KEYPOINTS1: torch.export.Dim(NUM_KEYPOINTS1, min=1)}
-    dynamic = {spec.name: {axis: dims[name] for axis, name in enumerate(spec.shape)
-                           if isinstance(name, str)}
-               for spec in LIGHTGLUE_INPUTS}
-    parameters = list(inspect.signature(model.forward).parameters)
-    if parameters != [spec.name for spec in LIGHTGLUE_INPUTS]:
-        raise RuntimeError(f"LightGlue.forward takes {parameters}, the contract's inputs are "
-                           f"{[spec.name for spec in LIGHTGLUE_INPUTS]}")
-    proto = export_with_dynamo(model, _sample_inputs(batch=2, n0=11, n1=7), LIGHTGLUE_INPUTS,
-                               LIGHTGLUE_OUTPUTS, dynamic)
+    proto = export_matcher(model, _sample_inputs(batch=2, n0=11, n1=7), LIGHTGLUE_INPUTS,
+                           LIGHTGLUE_OUTPUTS)
     strip_trace_metadata(proto)
     return proto
-
-
-def strip_trace_metadata(proto: onnx.ModelProto) -> None:
-    """Drop the exporter's per-node trace notes (Python stack traces with source line numbers,
-    FX node dumps): they make the file change whenever a comment moves a line, and they are no
-    part of the computation. Model-level ``ophreg.*`` metadata is untouched."""
-    def visit(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            del node.metadata_props[:]
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                for sub in attr.graphs:
-                    visit(sub)
-
-    visit(proto.graph)
 
 
 def export_metadata(settings: LightGlueSettings, weights_file: str,
@@ -423,33 +391,6 @@ def export(model: LightGlue, out: str | Path, weights_file: str, weights_sha256:
 # Parity
 
 
-@dataclasses.dataclass(frozen=True)
-class ParityFigures:
-    """onnxruntime against the PyTorch module on one input."""
-
-    label: str
-    probability_max_abs_diff: float  # exp(log_assignment), every entry
-    log_assignment_max_abs_diff: float  # entries with reference probability >= 1e-4
-    matching_scores_max_abs_diff: float
-    matches_identical: bool
-    num_matches: int  # matches0 >= 0 over the batch, onnxruntime's output
-
-    @property
-    def ok(self) -> bool:
-        return (self.matches_identical
-                and self.probability_max_abs_diff <= PROBABILITY_TOLERANCE
-                and self.matching_scores_max_abs_diff <= PROBABILITY_TOLERANCE
-                and self.log_assignment_max_abs_diff <= LOG_ASSIGNMENT_TOLERANCE)
-
-    def line(self) -> str:
-        return (f"{self.label}: max |probability diff| {self.probability_max_abs_diff:.1e}, "
-                f"|matching score diff| {self.matching_scores_max_abs_diff:.1e} (tolerance "
-                f"{PROBABILITY_TOLERANCE:g}), |log_assignment diff| where p >= "
-                f"{RELEVANT_PROBABILITY:g} {self.log_assignment_max_abs_diff:.1e} (tolerance "
-                f"{LOG_ASSIGNMENT_TOLERANCE:g}), matches identical: {self.matches_identical}, "
-                f"{self.num_matches} matches: {'ok' if self.ok else 'FAILED'}")
-
-
 def run_torch(model: LightGlue, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return run_module(model, feeds, LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS)
 
@@ -468,8 +409,14 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str =
     scores = max(float(np.abs(ref[name] - got[name]).max(initial=0.0))
                  for name in LightGlueIO.MATCHING_SCORES)
     identical = all(np.array_equal(ref[name], got[name]) for name in LightGlueIO.MATCHES)
-    return ParityFigures(label, probability, log_diff, scores, identical,
-                         int((got[LightGlueIO.MATCHES[0]] >= 0).sum()))
+    return ParityFigures(
+        label,
+        {"probability": Difference(probability, PROBABILITY_TOLERANCE),
+         "matching score": Difference(scores, PROBABILITY_TOLERANCE),
+         f"log_assignment where p >= {RELEVANT_PROBABILITY:g}":
+             Difference(log_diff, LOG_ASSIGNMENT_TOLERANCE)},
+        {"matches identical": identical},
+        {"matches": int((got[LightGlueIO.MATCHES[0]] >= 0).sum())})
 
 
 def parity(session, model: LightGlue, feeds: dict[str, np.ndarray], label: str = ""

@@ -18,7 +18,6 @@ superpoint_lightglue.pth [--out superpoint_lightglue_pipeline.onnx]``. Not shipp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import onnx
 import torch
 from torch import nn
 
-from ophreg_rt.config import LightGlueSettings, SuperPointSettings
 from ophreg_rt.contract import (
     CELL,
     CONTRACT_VERSION,
@@ -44,17 +42,17 @@ from ophreg_rt.contract import (
 from .common import (
     attach_metadata,
     check_and_save,
-    onnx_session,
     sha256_file,
 )
 from .lightglue import (
     PROBABILITY_TOLERANCE,
     LightGlue,
     load_lightglue,
-    strip_trace_metadata,
     superpoint_feeds,
 )
-from .superglue import export_with_dynamo
+from .onnx_io import export_with_dynamo, strip_trace_metadata
+from .parity import Difference, ParityFigures, onnx_session
+from .settings import LightGlueSettings, SuperPointSettings
 from .superpoint import SuperPoint, load_superpoint
 
 COMMAND = ModelKind.PIPELINE
@@ -200,29 +198,8 @@ def run_pipeline(session, image0: np.ndarray, image1: np.ndarray) -> dict[str, n
                                                PipelineIO.IMAGES[1]: image1})))
 
 
-@dataclasses.dataclass(frozen=True)
-class Agreement:
-    label: str
-    num_matches: int  # pipeline's
-    same_matches: bool  # same (slot0, slot1) pairs, as sets
-    same_keypoints: bool  # identical coordinates of every match
-    max_score_diff: float
-    same_counts: bool
-
-    @property
-    def ok(self) -> bool:
-        return (self.same_matches and self.same_keypoints and self.same_counts
-                and self.max_score_diff <= SCORE_TOLERANCE)
-
-    def line(self) -> str:
-        return (f"{self.label}: {self.num_matches} matches, same matches {self.same_matches}, "
-                f"identical keypoints {self.same_keypoints}, same keypoint counts "
-                f"{self.same_counts}, max |score diff| {self.max_score_diff:.1e} (tolerance "
-                f"{SCORE_TOLERANCE:g}): {'ok' if self.ok else 'FAILED'}")
-
-
 def agreement(pipeline: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-              label: str = "") -> Agreement:
+              label: str = "") -> ParityFigures:
     """Compare by pair (slot0, slot1), so that ties in score may be ordered either way."""
     def by_pair(out):
         valid = out[PipelineIO.MATCH_MASK][0]
@@ -240,7 +217,10 @@ def agreement(pipeline: dict[str, np.ndarray], reference: dict[str, np.ndarray],
     scores = float(np.abs(ps - rs).max(initial=0.0)) if same else float("inf")
     counts = bool(np.array_equal(pipeline[PipelineIO.NUM_KEYPOINTS],
                                  reference[PipelineIO.NUM_KEYPOINTS]))
-    return Agreement(label, len(pa), same, keypoints, scores, counts)
+    return ParityFigures(label, {"score": Difference(scores, SCORE_TOLERANCE)},
+                         {"same matches": same, "identical keypoints": keypoints,
+                          "same keypoint counts": counts},
+                         {"matches": len(pa)})
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,14 +31,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from ophreg_rt.config import (CalibrationMethodName, PreprocessConfig, QuantizationSettings,
-                              QuantizedActivations)
+from ophreg_rt.config import PreprocessConfig
 from ophreg_rt.contract import (SUPERPOINT_OUTPUTS, MetaKey, ModelKind, SuperPointIO,
                                 decode_metadata)
 from ophreg_rt.imageio import read_image
 from ophreg_rt.preprocess import network_input
 
-from .common import attach_metadata, check_and_save, onnx_session, sha256_file, update_manifest
+from .common import attach_metadata, check_and_save, sha256_file, update_manifest
+from .parity import onnx_session
+from .settings import CalibrationMethodName, QuantizationSettings, QuantizedActivations
 
 COMMAND = "quantize"
 HELP = ("quantise the SuperPoint graph to INT8 (static, QDQ) with real fundus images as "

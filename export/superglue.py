@@ -31,93 +31,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import sys
-import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from ophreg_rt.config import SinkhornDomain, SuperGlueSettings
 from ophreg_rt.contract import (
-    BATCH, NUM_KEYPOINTS0, NUM_KEYPOINTS1, OPSET, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, MetaKey,
-    ModelKind, SuperGlueIO,
+    OPSET, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS, MetaKey, ModelKind, SuperGlueIO,
 )
 
+from .attention import LOG_ZERO, KeyMask, attend, attention_scale, key_mask, mutual_matches
 from .common import (
-    attach_metadata, base_metadata, check_and_save, load_checkpoint, name_dimensions, onnx_session,
-    run_graph, run_module, sha256_file, sha256_state_dict, update_manifest,
+    attach_metadata, base_metadata, check_and_save, load_checkpoint, sha256_file, sha256_state_dict,
+    update_manifest,
 )
-
-#: Stands in for log(0) wherever a quantity must be "minus infinity": the attention bias of
-#: padded keys (see ``attend`` for its bound), the log-mass and the couplings of padded slots,
-#: and the log-assignment of entries with no mass. It is finite so
-#: that an image with no valid keypoint yields no NaN (softmax over all -inf is NaN), and far
-#: enough below any real logit that exp() of the difference is exactly 0 in float32 (exp
-#: underflows below about -104), so padded slots contribute exactly nothing.
-LOG_ZERO = -1.0e4
+from .onnx_io import export_matcher
+from .parity import (Difference, ParityFigures, onnx_session, run_graph, run_module,
+                     synthetic_pair)
+from .settings import SinkhornDomain, SuperGlueSettings
 
 #: Keypoints are normalised by 0.7 * the longer image side around the image centre (reference).
 _KEYPOINT_SCALE = 0.7
-
-
-def attention_scale(head_dim: int) -> float:
-    """1/sqrt(head_dim), for the queries ([N, head_dim]) instead of the logits ([N, M]): fewer
-    multiplies in PyTorch (onnxruntime fuses either into its MatMul). A power of two for
-    head_dim 64, so the logits equal those of dividing the products, bit for bit."""
-    return head_dim ** -0.5
-
-
-def key_bias(mask: torch.Tensor) -> torch.Tensor:
-    """[B, M] bool -> [B, M] float32: 0 for a keypoint, LOG_ZERO for a padded slot."""
-    return torch.where(mask, 0.0, LOG_ZERO)
-
-
-class KeyMask(NamedTuple):
-    """An image's padded slots as attention keys, built once per forward (:func:`key_mask`)
-    and shared by every attention layer that reads that image's keys."""
-
-    bias: torch.Tensor  # [B, 1, 1, M], added to the logits
-    any_key: torch.Tensor  # [B, 1, 1, 1]: 1.0, or 0.0 when every slot is padded
-
-
-def key_mask(mask: torch.Tensor | None) -> KeyMask | None:
-    if mask is None:
-        return None
-    return KeyMask(key_bias(mask)[:, None, None, :],
-                   mask.to(torch.float32).amax(dim=-1)[:, None, None, None])
-
-
-def attend(logits: torch.Tensor, value: torch.Tensor, keys: KeyMask | None) -> torch.Tensor:
-    """softmax(logits) @ value over the keys that ``keys`` keeps: logits [B, H, N, M], value
-    [B, H, M, d] -> [B, H, N, d]; a query with no key left gets a zero message.
-
-    The mask is an added bias, not ``where(mask, logits, LOG_ZERO)``: onnxruntime's broadcast
-    bool Where is slow. Profiled on LightGlue and a real pair (614 + 626 keypoints, 2 threads),
-    the Wheres and the old ``* mask`` over the [B, H, N, M] logits took 55 of 346 ms, the Adds
-    that replace them 16 ms; the graph runs 11-12 % faster, with identical outputs.
-
-    A padded key's probability is exp(logit + LOG_ZERO - row max), exactly 0 in float32 (torch
-    and onnxruntime both underflow below about -104) as long as its logit is less than
-    1e4 - 104 above the row's largest unpadded logit. LOG_ZERO does not absorb the logit in
-    rounding (the float32 spacing at 1e4 is about 1e-3), it buries it: on that pair LightGlue's
-    logits stay within +-750, and padded to 700 / 680 slots no padded key's logit is more than
-    10 above its row's largest real one. A larger magnitude would bury anything, but the
-    mixed-fp16 GPU graph (benchmarks/gpu_check.py) runs Softmax in float16, where -1e4 is
-    finite and anything below -65504 is -inf, NaN on a row with every key padded.
-
-    A row with every key padded is uniform over them after the softmax; ``any_key`` zeroes its
-    message on the [B, H, N, d] output, N*d multiplies instead of N*M on the probabilities. With every slot a keypoint the bias is
-    +0 and the factor 1.0, both exact: the result is the unmasked computation bit for bit.
-    """
-    if keys is None:
-        return logits.softmax(dim=-1) @ value
-    return (logits + keys.bias).softmax(dim=-1) @ value * keys.any_key
 
 
 def _mlp(channels: list[int]) -> nn.Sequential:
@@ -358,35 +296,6 @@ def log_optimal_transport(scores: torch.Tensor, bin_score: torch.Tensor, iterati
     return log_plan
 
 
-def mutual_matches(log_assignment: torch.Tensor, threshold: float,
-                   mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mutual arg-max over the non-dustbin block, kept when exp(log-assignment) > threshold.
-
-    Returns matches0 [B, M], matches1 [B, N] (int64, -1 unmatched) and their matching scores
-    (exp of the log-assignment, 0 when unmatched).
-    """
-    inner = log_assignment[:, :-1, :-1]
-    best0 = inner.max(dim=2)
-    best1 = inner.max(dim=1)
-    index0, index1 = best0.indices, best1.indices
-    rows = torch.arange(inner.shape[1], device=inner.device)[None]
-    cols = torch.arange(inner.shape[2], device=inner.device)[None]
-    mutual0 = rows == index1.gather(1, index0)
-    mutual1 = cols == index0.gather(1, index1)
-    zero = torch.zeros((), dtype=inner.dtype)
-    score0 = torch.where(mutual0, best0.values.exp(), zero)
-    valid0 = mutual0 & (score0 > threshold)
-    if mask0 is not None and mask1 is not None:
-        valid0 = valid0 & mask0 & mask1.gather(1, index0)
-    valid1 = mutual1 & valid0.gather(1, index1)
-    score0 = torch.where(valid0, score0, zero)
-    score1 = torch.where(valid1, score0.gather(1, index1), zero)
-    minus_one = torch.full((), -1, dtype=index0.dtype)
-    return (torch.where(valid0, index0, minus_one), torch.where(valid1, index1, minus_one),
-            score0, score1)
-
-
 class SuperGlue(nn.Module):
     """SuperGlue with the state-dict layout of Magic Leap's checkpoints.
 
@@ -491,147 +400,11 @@ def _sample_inputs(batch: int, n0: int, n1: int) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(pair[spec.name]) for spec in SUPERGLUE_INPUTS)
 
 
-#: The opset the dynamo exporter writes natively (its torchlib has no lower implementations).
-_EXPORTER_OPSET = 18
-
-#: Reductions whose ``axes`` moved from an attribute to an optional input in opset 18 (and
-#: which gained ``noop_with_empty_axes``); ReduceSum made that move in 13 and is unaffected.
-_AXES_INPUT_SINCE_18 = frozenset({
-    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-    "ReduceMin", "ReduceProd", "ReduceSumSquare"})
-
-
 def to_onnx(model: SuperGlue) -> onnx.ModelProto:
     """The model as an ONNX graph (opset ``contract.OPSET``) with the contract's names and
     dynamic dimensions ``batch``, ``num_keypoints0``, ``num_keypoints1``."""
-    dims = {BATCH: torch.export.Dim(BATCH, min=1),
-            NUM_KEYPOINTS0: torch.export.Dim(NUM_KEYPOINTS0, min=1),
-            NUM_KEYPOINTS1: torch.export.Dim(NUM_KEYPOINTS1, min=1)}
-    dynamic = {spec.name: {axis: dims[name] for axis, name in enumerate(spec.shape)
-                           if isinstance(name, str)}
-               for spec in SUPERGLUE_INPUTS}
-    parameters = list(inspect.signature(model.forward).parameters)
-    if parameters != [spec.name for spec in SUPERGLUE_INPUTS]:
-        raise RuntimeError(f"SuperGlue.forward takes {parameters}, the contract's inputs are "
-                           f"{[spec.name for spec in SUPERGLUE_INPUTS]}")
-    return export_with_dynamo(model, _sample_inputs(batch=2, n0=11, n1=7), SUPERGLUE_INPUTS,
-                              SUPERGLUE_OUTPUTS, dynamic)
-
-
-def export_with_dynamo(model: nn.Module, examples: tuple[torch.Tensor, ...], inputs, outputs,
-                       dynamic_shapes: dict) -> onnx.ModelProto:
-    """Every exporter's path to an ONNX graph at the contract's opset, names and dimensions.
-
-    The dynamo exporter handles independent dynamic dims and turns torch.while_loop into one
-    ONNX Loop. It writes opset 18; its own down-conversion to 17 fails on these graphs
-    (onnxscript hands initializers to the onnx C converter as graph inputs, so the converter
-    cannot read the constant ``axes`` of the reductions, and it does not descend into Loop
-    bodies), hence the small, checked conversion of ``downgrade_opset_18_to_17``.
-    ``inputs``/``outputs``: the contract's TensorSpecs, in the order of ``model.forward``.
-    """
-    with torch.no_grad(), warnings.catch_warnings():
-        # The exporter warns that it keeps one of two identical names for each dimension.
-        warnings.filterwarnings("ignore", message="# The axis name")
-        program = torch.onnx.export(
-            model.eval(), examples, dynamo=True, opset_version=max(OPSET, _EXPORTER_OPSET),
-            input_names=[spec.name for spec in inputs],
-            output_names=[spec.name for spec in outputs],
-            dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False)
-    proto = program.model_proto
-    if OPSET < _EXPORTER_OPSET:
-        downgrade_opset_18_to_17(proto)
-    name_dimensions(proto, tuple(inputs) + tuple(outputs))
-    return proto
-
-
-def _default_opset(model: onnx.ModelProto) -> onnx.OperatorSetIdProto:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return entry
-    raise ValueError("model imports no default-domain opset")
-
-
-def downgrade_opset_18_to_17(model: onnx.ModelProto) -> None:
-    """Rewrite an opset-18 graph as opset 17, in place, or raise if it needs more than this.
-
-    The only rewrite: the reductions of ``_AXES_INPUT_SINCE_18`` get their constant ``axes``
-    input back as an attribute, and ``noop_with_empty_axes`` (which 17 lacks) is dropped when
-    it is 0 (its default, the only value 17 can express). Every other node must be an operator
-    whose definition is the same in opsets 17 and 18; anything else raises ValueError.
-    Subgraphs (Loop, If bodies) are rewritten too.
-    """
-    opset = _default_opset(model)
-    if opset.version != 18:
-        raise ValueError(f"expected an opset-18 graph, found opset {opset.version}")
-
-    def constant_of(node: onnx.NodeProto) -> np.ndarray | None:
-        for attr in node.attribute:
-            if attr.name == "value":
-                return onnx.numpy_helper.to_array(attr.t)
-            if attr.name == "value_ints":
-                return np.array(attr.ints, dtype=np.int64)
-        return None
-
-    def visit(graph: onnx.GraphProto, outer: dict[str, np.ndarray]) -> None:
-        constants = dict(outer)
-        constants.update({t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer})
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = constant_of(node)
-                if value is not None:
-                    constants[node.output[0]] = value
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g, constants)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        visit(sub, constants)
-            if node.domain not in ("", "ai.onnx"):
-                raise ValueError(f"node {node.name!r}: operator {node.domain}::{node.op_type} "
-                                 f"is outside the default ONNX domain")
-            if node.op_type in _AXES_INPUT_SINCE_18:
-                for attr in list(node.attribute):
-                    if attr.name == "noop_with_empty_axes":
-                        if attr.i != 0:
-                            raise ValueError(f"node {node.name!r}: noop_with_empty_axes=1 has no "
-                                             f"opset-17 equivalent")
-                        node.attribute.remove(attr)
-                if len(node.input) > 1 and node.input[1]:
-                    axes = constants.get(node.input[1])
-                    if axes is None:
-                        raise ValueError(f"node {node.name!r}: axes {node.input[1]!r} is not a "
-                                         f"constant")
-                    del node.input[1:]
-                    node.attribute.append(
-                        onnx.helper.make_attribute("axes", [int(a) for a in axes.reshape(-1)]))
-                continue
-            old = onnx.defs.get_schema(node.op_type, 17, "").since_version
-            new = onnx.defs.get_schema(node.op_type, 18, "").since_version
-            if old != new:
-                raise ValueError(f"node {node.name!r}: {node.op_type} changed in opset {new}; "
-                                 f"no opset-17 rewrite is implemented for it")
-
-    visit(model.graph, {})
-    opset.version = 17
-    # Drop initializers that only fed the axes inputs moved to attributes.
-    used: set[str] = set()
-
-    def collect(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            used.update(node.input)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        collect(sub)
-        used.update(output.name for output in graph.output)
-
-    collect(model.graph)
-    unused = [t for t in model.graph.initializer if t.name not in used]
-    for tensor in unused:
-        model.graph.initializer.remove(tensor)
+    return export_matcher(model, _sample_inputs(batch=2, n0=11, n1=7), SUPERGLUE_INPUTS,
+                          SUPERGLUE_OUTPUTS)
 
 
 def export_metadata(settings: SuperGlueSettings, weights_file: str,
@@ -665,83 +438,6 @@ def random_weights_id(seed: int) -> str:
 # Parity
 
 
-def synthetic_pair(n0: int, n1: int, size0: tuple[int, int], size1: tuple[int, int], seed: int,
-                   batch: int = 1, valid0: int | None = None, valid1: int | None = None,
-                   shared: float = 0.5, noise: float = 0.2) -> dict[str, np.ndarray]:
-    """Contract inputs for a plausible pair, without a detector.
-
-    Image 0 has ``valid0`` (default ``n0``) keypoints, uniform in the image, with random unit
-    descriptors. About ``shared`` of image 1's ``valid1`` keypoints are an affine map (rotation,
-    scale, shift) of image-0 keypoints, with those descriptors perturbed by Gaussian noise of
-    relative size ``noise`` and re-normalised; the rest are new points. Slots are sorted by
-    score, padded slots follow the contract ((-1, -1), 0, zero descriptor, mask False).
-    ``size`` is (width, height).
-    """
-    rng = np.random.default_rng(seed)
-    valid0 = n0 if valid0 is None else valid0
-    valid1 = n1 if valid1 is None else valid1
-    out: dict[str, list[np.ndarray]] = {spec.name: [] for spec in SUPERGLUE_INPUTS}
-    for _ in range(batch):
-        (w0, h0), (w1, h1) = size0, size1
-        kp0 = rng.uniform([0, 0], [w0 - 1, h0 - 1], size=(valid0, 2))
-        desc0 = _unit(rng.normal(size=(valid0, 256)))
-        angle = rng.uniform(-0.2, 0.2)
-        scale = rng.uniform(0.9, 1.1) * min(w1 / w0, h1 / h0)
-        linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        shift = np.array([w1, h1]) / 2 - linear @ (np.array([w0, h0]) / 2) + rng.normal(0, 10, 2)
-        mapped = kp0 @ linear.T + shift
-        inside = np.flatnonzero((mapped >= 0).all(1) & (mapped <= [w1 - 1, h1 - 1]).all(1))
-        common = rng.permutation(inside)[:min(len(inside), int(round(shared * valid1)))]
-        fresh = valid1 - len(common)
-        kp1 = np.concatenate([mapped[common] + rng.normal(0, 0.5, (len(common), 2)),
-                              rng.uniform([0, 0], [w1 - 1, h1 - 1], size=(fresh, 2))])
-        desc1 = np.concatenate([
-            _unit(desc0[common] + noise / 16 * rng.normal(size=(len(common), 256))),
-            _unit(rng.normal(size=(fresh, 256)))])
-        for i, (kp, desc, n, valid, size) in enumerate(
-                ((kp0, desc0, n0, valid0, size0), (kp1, desc1, n1, valid1, size1))):
-            score = rng.uniform(0.005, 1.0, size=valid)
-            order = np.argsort(-score, kind="stable")
-            keypoints = np.full((n, 2), -1.0)
-            scores = np.zeros(n)
-            descriptors = np.zeros((n, 256))
-            mask = np.zeros(n, dtype=bool)
-            keypoints[:valid], scores[:valid] = kp[order], score[order]
-            descriptors[:valid], mask[:valid] = desc[order], True
-            out[SuperGlueIO.KEYPOINTS[i]].append(keypoints)
-            out[SuperGlueIO.SCORES[i]].append(scores)
-            out[SuperGlueIO.DESCRIPTORS[i]].append(descriptors)
-            out[SuperGlueIO.MASK[i]].append(mask)
-            out[SuperGlueIO.IMAGE_SIZE[i]].append(np.array(size, dtype=float))
-    dtypes = {spec.name: spec.dtype for spec in SUPERGLUE_INPUTS}
-    return {name: np.stack(arrays).astype(dtypes[name]) for name, arrays in out.items()}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParityFigures:
-    """ONNX Runtime against the PyTorch module on one input."""
-
-    label: str
-    log_assignment_max_abs_diff: float
-    matches_identical: bool
-    num_matches: int  # matches0 >= 0 over the whole batch, in the ONNX Runtime output
-    tolerance: float = 1e-3
-
-    @property
-    def ok(self) -> bool:
-        return self.matches_identical and self.log_assignment_max_abs_diff <= self.tolerance
-
-    def line(self) -> str:
-        verdict = "ok" if self.ok else "FAILED"
-        return (f"{self.label}: max |log_assignment diff| {self.log_assignment_max_abs_diff:.2e} "
-                f"(tolerance {self.tolerance:g}), matches identical: {self.matches_identical}, "
-                f"{self.num_matches} matches: {verdict}")
-
-
 def run_torch(model: SuperGlue, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return run_module(model, feeds, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS)
 
@@ -757,8 +453,9 @@ def parity(session, model: SuperGlue, feeds: dict[str, np.ndarray], label: str =
     got = run_onnx(session, feeds)
     diff = float(np.abs(ref[SuperGlueIO.LOG_ASSIGNMENT] - got[SuperGlueIO.LOG_ASSIGNMENT]).max())
     identical = all(np.array_equal(ref[name], got[name]) for name in SuperGlueIO.MATCHES)
-    return ParityFigures(label, diff, identical,
-                         int((got[SuperGlueIO.MATCHES[0]] >= 0).sum()), tolerance)
+    return ParityFigures(label, {"log_assignment": Difference(diff, tolerance)},
+                         {"matches identical": identical},
+                         {"matches": int((got[SuperGlueIO.MATCHES[0]] >= 0).sum())})
 
 
 # Parity inputs of the CLI: two image sizes (one not square), two keypoint counts, with padding.
@@ -798,7 +495,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sinkhorn-domain", choices=[d.value for d in SinkhornDomain],
                         default=SinkhornDomain(defaults.sinkhorn_domain).value,
                         help="how the iterations are written in the graph (same fixed point; "
-                             "see ophreg_rt.config.SinkhornDomain) (default: %(default)s)")
+                             "see export.settings.SinkhornDomain) (default: %(default)s)")
 
 
 def default_out(args: argparse.Namespace) -> Path:

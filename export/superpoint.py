@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ophreg_rt.config import SuperPointSettings
 from ophreg_rt.contract import (
     CELL,
     DESCRIPTOR_DIM,
@@ -43,10 +42,11 @@ from .common import (
     check_and_save,
     load_checkpoint,
     name_dimensions,
-    onnx_session,
     sha256_file,
     update_manifest,
 )
+from .parity import Difference, ParityFigures, onnx_session
+from .settings import SuperPointSettings
 
 COMMAND = ModelKind.SUPERPOINT
 HELP = ("export SuperPoint (detector + descriptor, fixed keypoint slots) and prove it "
@@ -407,31 +407,6 @@ def load_grey(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return grey.astype(np.float32) / 255.0
 
 
-@dataclasses.dataclass(frozen=True)
-class ParityFigures:
-    """onnxruntime vs PyTorch on one image of a batch."""
-
-    size: tuple[int, int]  # (width, height)
-    num_onnx: int
-    num_torch: int
-    same_keypoints: bool  # identical (x, y) sets
-    max_score_diff: float  # over matched valid slots; inf when the sets differ
-    max_descriptor_diff: float
-    padding_exact: bool  # padded slots hold exactly the contract's values in both
-
-    @property
-    def ok(self) -> bool:
-        return (self.same_keypoints and self.padding_exact
-                and self.max_score_diff <= SCORE_TOLERANCE
-                and self.max_descriptor_diff <= DESCRIPTOR_TOLERANCE)
-
-    def line(self) -> str:
-        return (f"{self.size[0]}x{self.size[1]}: keypoints onnx={self.num_onnx} "
-                f"torch={self.num_torch} same_set={self.same_keypoints} "
-                f"max|dscore|={self.max_score_diff:.2e} max|ddesc|={self.max_descriptor_diff:.2e} "
-                f"padding_exact={self.padding_exact} -> {'ok' if self.ok else 'FAILED'}")
-
-
 def canonical_order(keypoints: np.ndarray) -> np.ndarray:
     """Indices sorting (x, y) keypoints by y then x: an order that ignores ties in score."""
     return np.lexsort((keypoints[:, 0], keypoints[:, 1]))
@@ -447,7 +422,8 @@ def padding_exact(keypoints, scores, descriptors, mask) -> bool:
 
 def compare_sets(a: Sequence[np.ndarray], b: Sequence[np.ndarray], size: tuple[int, int]
                  ) -> ParityFigures:
-    """Compare two (keypoints, scores, descriptors, mask) results of one image."""
+    """Compare two (keypoints, scores, descriptors, mask) results of one image: ``a`` the
+    graph's, ``b`` the reference's."""
     valid = []
     for keypoints, scores, descriptors, mask in (a, b):
         valid.append((keypoints[mask], scores[mask], descriptors[mask]))
@@ -459,8 +435,12 @@ def compare_sets(a: Sequence[np.ndarray], b: Sequence[np.ndarray], size: tuple[i
         descriptor_diff = float(np.abs(da[oa] - db[ob]).max())
     else:
         score_diff = descriptor_diff = 0.0 if same else float("inf")
-    return ParityFigures(size, len(ka), len(kb), same, score_diff, descriptor_diff,
-                         padding_exact(*a) and padding_exact(*b))
+    return ParityFigures(
+        f"{size[0]}x{size[1]}",
+        {"score": Difference(score_diff, SCORE_TOLERANCE),
+         "descriptor": Difference(descriptor_diff, DESCRIPTOR_TOLERANCE)},
+        {"same keypoints": same, "padding exact": padding_exact(*a) and padding_exact(*b)},
+        {"keypoints (onnx)": len(ka), "keypoints (torch)": len(kb)})
 
 
 def parity(session, model: SuperPoint, images: np.ndarray) -> list[ParityFigures]:

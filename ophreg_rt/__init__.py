@@ -1,4 +1,5 @@
-"""ophreg_rt: registration of ophthalmic images with ONNX graphs of SuperPoint and SuperGlue.
+"""ophreg_rt: registration of ophthalmic images with ONNX graphs of SuperPoint and LightGlue
+(SuperGlue and mutual nearest neighbours as options).
 
 Torch-free: it needs only numpy, opencv and onnxruntime.
 
@@ -11,9 +12,10 @@ Torch-free: it needs only numpy, opencv and onnxruntime.
 
 from .config import (Device, FeatureName, MatcherName, PlausibilityConfig, PreprocessConfig,
                      PreprocessMode, RansacConfig, RegistrarConfig, SiftConfig, TransformModel)
-from .errors import (BatchLockedError, ContractMismatchError, ImageReadError, ImageTooLargeError,
-                     ModelChecksumError, ModelError, OphregError, OutputExistsError,
-                     OutputWriteError, ProviderUnavailableError, RegistrationFailedError)
+from .errors import (BatchLockedError, ContractMismatchError, DatasetError, ImageReadError,
+                     ImageTooLargeError, ModelChecksumError, ModelError, OphregError,
+                     OutputExistsError, OutputWriteError, ProviderUnavailableError,
+                     RegistrationFailedError)
 
 __version__ = "0.1.0"
 
@@ -23,7 +25,7 @@ __all__ = [
     "SiftConfig", "Device",
     "OphregError", "ImageReadError", "ImageTooLargeError", "ModelError", "ModelChecksumError",
     "ContractMismatchError", "ProviderUnavailableError", "RegistrationFailedError",
-    "OutputExistsError", "OutputWriteError", "BatchLockedError",
+    "OutputExistsError", "OutputWriteError", "BatchLockedError", "DatasetError",
 ]
 
 

@@ -21,6 +21,11 @@ class ImageReadError(OphregError):
     """An image file is missing, unreadable, or of a kind the engine does not take."""
 
 
+class DatasetError(OphregError):
+    """An evaluation data set is missing, malformed or incomplete: its folder layout, its CSV
+    of pairs, or a file of control points (``ophreg evaluate``)."""
+
+
 class ImageTooLargeError(ImageReadError):
     """An image has more pixels than the configured limit (``RegistrarConfig.max_pixels``)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,23 +10,7 @@ from .config import Device
 from .contract import (CELL, SUPERPOINT_INPUTS, SUPERPOINT_OUTPUTS, MetaKey, ModelKind,
                        SuperPointIO)
 from .sessions import LoadedModel, load_model
-
-
-@dataclass(frozen=True)
-class Features:
-    """Detections of one image, padding removed, best score first.
-
-    keypoints: ``(N, 2)`` float32, (x, y) pixels of the image the network saw.
-    scores: ``(N,)`` float32 detector confidence in (threshold, 1].
-    descriptors: ``(N, 256)`` float32, unit L2 norm.
-    """
-
-    keypoints: np.ndarray
-    scores: np.ndarray
-    descriptors: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.keypoints)
+from .types import Features
 
 
 class SuperPointRunner:

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from .config import REFERENCE_SIZE, MaskConfig
-from .features import Features
 from .imageio import stretch_to_uint8
+from .types import Features
 
 _FULL = 255.0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -11,35 +10,15 @@ import numpy as np
 from .config import Device, MnnConfig
 from .contract import (LIGHTGLUE_INPUTS, LIGHTGLUE_OUTPUTS, SUPERGLUE_INPUTS, SUPERGLUE_OUTPUTS,
                        MetaKey, ModelKind, SuperGlueIO, TensorSpec)
-from .features import Features
 from .sessions import LoadedModel, load_model
-
-
-@dataclass(frozen=True)
-class Matches:
-    """Correspondences between image 0 (fixed) and image 1 (moving).
-
-    pairs: ``(M, 2)`` int64, row = (index into features0, index into features1).
-    scores: ``(M,)`` float32 confidence (cosine similarity for MNN, assignment probability for
-    SuperGlue and LightGlue).
-    """
-
-    pairs: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-
-def _no_matches() -> Matches:
-    return Matches(pairs=np.zeros((0, 2), np.int64), scores=np.zeros((0,), np.float32))
+from .types import Features, Matches, no_matches
 
 
 def mutual_nearest_neighbours(features0: Features, features1: Features,
                               config: MnnConfig = MnnConfig()) -> Matches:
     """Pairs that are each other's most similar descriptor, above ``config.min_similarity``."""
     if len(features0) == 0 or len(features1) == 0:
-        return _no_matches()
+        return no_matches()
     similarity = features0.descriptors @ features1.descriptors.T
     best1 = similarity.argmax(axis=1)
     best0 = similarity.argmax(axis=0)
@@ -95,7 +74,7 @@ class _GraphMatcherRunner:
                  network_size0: tuple[int, int], network_size1: tuple[int, int]) -> Matches:
         """``network_size``: (width, height) of the image each detector saw."""
         if len(features0) == 0 or len(features1) == 0:
-            return _no_matches()
+            return no_matches()
         feeds = matcher_feeds(self.inputs, features0, features1, network_size0, network_size1)
         return matches_from_graph(*self.model.session.run(self._outputs, feeds))
 

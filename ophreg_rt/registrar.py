@@ -13,10 +13,10 @@ import numpy as np
 from .config import (GROWN_MODELS, REFERENCE_SIZE, FeatureName, MatcherName, RegistrarConfig,
                      TransformModel, ransac_model, resolved_matcher)
 from .errors import InvalidConfigError, RegistrationFailedError
-from .features import Features, SuperPointRunner
+from .features import SuperPointRunner
 from .imageio import ImageSource, read_image
 from .masks import inside, keypoint_mask, select
-from .matching import LightGlueRunner, Matches, SuperGlueRunner, mutual_nearest_neighbours
+from .matching import LightGlueRunner, SuperGlueRunner, mutual_nearest_neighbours
 from .model_files import default_matcher_graph, default_superpoint
 from .preprocess import network_grey, network_input, network_to_original
 from .ransac import STATUS_FAILED, STATUS_OK, ransac
@@ -24,6 +24,7 @@ from .sift import SIFT_DESCRIPTION, detect_sift, ratio_test_matches
 from .quadratic import QUADRATIC_TERMS, best_quadratic
 from .transforms import (implausibility, map_points, quadratic_implausibility, sparse_support,
                          warp_image)
+from .types import Detections, Features, Matches
 
 
 @dataclass(frozen=True)
@@ -119,27 +120,6 @@ class RegistrationResult:
             "models": self.models,
             "provider": self.provider,
         }
-
-
-@dataclass(frozen=True)
-class Detections:
-    """Keypoints of one image from one front end, as the matchers and the geometry need them.
-
-    features: keypoints in pixels of the network input, scores, descriptors (256-d SuperPoint,
-        128-d SIFT), strongest first.
-    keypoints: ``(N, 2)`` float64, the same keypoints in original pixels.
-    image_size, network_size: (width, height) of the original image and of the network input.
-    front_end: which front end found them; a matcher refuses another front end's detections.
-    """
-
-    features: Features
-    keypoints: np.ndarray
-    image_size: tuple[int, int]
-    network_size: tuple[int, int]
-    front_end: FeatureName
-
-    def __len__(self) -> int:
-        return len(self.keypoints)
 
 
 class Registrar:

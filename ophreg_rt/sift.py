@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 
 from .config import SiftConfig
-from .features import Features
-from .matching import Matches
+from .types import Features, Matches, no_matches
 
 #: What the result's ``models`` record says ran: OpenCV's SIFT has no weights file to hash.
 SIFT_DESCRIPTION = {"file": f"opencv {cv2.__version__} SIFT", "sha256": ""}
@@ -48,7 +47,7 @@ def ratio_test_matches(features0: Features, features1: Features,
     scores: ``1 - d1 / d2``, the margin of the ratio test (higher is more distinctive).
     """
     if len(features0) < 2 or len(features1) < 2:
-        return Matches(pairs=np.zeros((0, 2), np.int64), scores=np.zeros((0,), np.float32))
+        return no_matches()
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     nearest = matcher.knnMatch(features0.descriptors, features1.descriptors, k=2)
     index0 = np.array([m[0].queryIdx for m in nearest], np.int64)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,22 @@ def superpoint_weights() -> Path:
     if not path.is_file():
         _missing(f"SuperPoint checkpoint not found at {path} (set OPHREG_WEIGHTS_DIR)")
     return path
+
+
+def one_line_error(capsys, *fragments: str) -> None:
+    """The command's refusal was one ``ophreg: error:`` line on stderr holding every fragment,
+    and no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("ophreg: error:"), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def python_output(code: str) -> str:
+    """What a fresh interpreter in the repository prints running ``code`` (it must succeed):
+    for checks of what importing a module drags in, which this process has long since loaded."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..cli import (
+from ..cli_options import (
     EXIT_FAILED,
     EXIT_OK,
     add_registration_options,

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from ..config import TransformModel
-from ..errors import OphregError
+from ..errors import InvalidConfigError, OphregError
 from ..imageio import encode_image, read_image, to_display_rgb, write_bytes_atomic
 from ..ransac import STATUS_ERROR, STATUS_FAILED, STATUS_OK
 from ..transforms import fitted_from_json, warp_image
@@ -244,8 +244,9 @@ class _Row:
             return 0
         fixed_path = Path(self.record["fixed_path"])
         if not is_dicom_file(fixed_path):
-            raise OphregError(f"pair {self.pair_id}: --dicom needs DICOM fixed images (the "
-                              "warped image joins the fixed image's study); this one is not")
+            raise InvalidConfigError(f"pair {self.pair_id}: --dicom needs DICOM fixed images "
+                                     "(the warped image joins the fixed image's study); this one "
+                                     "is not")
         if images is None or "moving" not in images:
             images = {"moving": read_image(self.record["moving_path"])}
         warped = warp_image(images["moving"], self.parameters, self.model,

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_OK, add_registration_options, matcher_graph_option, registration_config
+from ..cli_options import (EXIT_OK, add_registration_options, matcher_graph_option,
+                           registration_config)
 from ..config import RegistrarConfig
 from ..errors import InvalidConfigError, OutputWriteError
 from ..imageio import check_writable, write_bytes_atomic

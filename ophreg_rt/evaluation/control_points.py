@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OphregError
+from ..errors import DatasetError, ImageReadError
 from .runner import GRID_POINTS_PER_SIDE, AffineTruth, ControlPoints, Pair
 
 AFFINE_COLUMNS = ("src", "tgt", "m00", "m01", "m02", "m10", "m11", "m12")
@@ -45,11 +45,11 @@ resolution. Image paths are relative to the CSV's folder."""
 def read_pairs(csv_path: Path) -> tuple[list[Pair], str]:
     """The pairs of the CSV, in order of first appearance, and the schema's name."""
     if not csv_path.is_file():
-        raise OphregError(f"{csv_path}: no such file")
+        raise DatasetError(f"{csv_path}: no such file")
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise OphregError(f"{csv_path}: cannot be read as UTF-8 text ({exc})") from None
+        raise DatasetError(f"{csv_path}: cannot be read as UTF-8 text ({exc})") from None
     reader = csv.DictReader(text.splitlines())
     header = [name.strip() for name in reader.fieldnames or []]
     reader.fieldnames = header
@@ -57,12 +57,12 @@ def read_pairs(csv_path: Path) -> tuple[list[Pair], str]:
     has_points = set(POINT_COLUMNS) <= set(header)
     if has_affine == has_points:
         problem = "has the columns of both schemas" if has_affine else "matches neither schema"
-        raise OphregError(f"{csv_path}: header {','.join(header) or '(empty)'} {problem}; "
-                          f"expected {','.join(AFFINE_COLUMNS)} or {','.join(POINT_COLUMNS)}")
+        raise DatasetError(f"{csv_path}: header {','.join(header) or '(empty)'} {problem}; "
+                           f"expected {','.join(AFFINE_COLUMNS)} or {','.join(POINT_COLUMNS)}")
     schema = "affine" if has_affine else "points"
     rows = [(reader.line_num, row) for row in reader]
     if not rows:
-        raise OphregError(f"{csv_path}: no rows after the header")
+        raise DatasetError(f"{csv_path}: no rows after the header")
     folder = csv_path.parent
     if schema == "affine":
         return [_affine_pair(csv_path, folder, line, row) for line, row in rows], schema
@@ -74,7 +74,7 @@ def _affine_pair(csv_path: Path, folder: Path, line: int, row: dict) -> Pair:
     values = [_number(csv_path, line, row, name) for name in AFFINE_COLUMNS[2:]]
     matrix = np.vstack([np.reshape(values, (2, 3)), [0.0, 0.0, 1.0]])
     if abs(np.linalg.det(matrix[:2, :2])) < 1e-12:
-        raise OphregError(f"{csv_path}:{line}: the affine's linear part is singular")
+        raise DatasetError(f"{csv_path}:{line}: the affine's linear part is singular")
     return Pair(name=f"{row['src']} -> {row['tgt']}", group=GROUP, fixed=tgt, moving=src,
                 truth=AffineTruth(matrix),
                 details={"src": row["src"], "tgt": row["tgt"], "line": line,
@@ -105,11 +105,11 @@ def _images(csv_path: Path, folder: Path, line: int, row: dict) -> tuple[Path, P
     for column in ("src", "tgt"):
         value = (row.get(column) or "").strip()
         if not value:
-            raise OphregError(f"{csv_path}:{line}: column {column} is empty")
+            raise DatasetError(f"{csv_path}:{line}: column {column} is empty")
         row[column] = value
         path = folder / value
         if not path.is_file():
-            raise OphregError(f"{csv_path}:{line}: {column} image {path}: no such file")
+            raise ImageReadError(f"{csv_path}:{line}: {column} image {path}: no such file")
         paths.append(path)
     return paths[0], paths[1]
 
@@ -121,5 +121,5 @@ def _number(csv_path: Path, line: int, row: dict, column: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise OphregError(f"{csv_path}:{line}: column {column}: {text!r} is not a finite number")
+        raise DatasetError(f"{csv_path}:{line}: column {column}: {text!r} is not a finite number")
     return value

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OphregError
+from ..errors import DatasetError, ImageReadError
 from . import protocol
 from .runner import ControlPoints, Pair
 
@@ -43,7 +43,7 @@ def read_control_points(path: Path) -> ControlPoints:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise OphregError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -54,11 +54,11 @@ def read_control_points(path: Path) -> ControlPoints:
         except ValueError:
             values = []
         if len(values) != 4 or not np.all(np.isfinite(values)):
-            raise OphregError(f"{path}:{number}: expected four numbers 'x1 y1 x2 y2', "
-                              f"found {line.strip()[:60]!r}")
+            raise DatasetError(f"{path}:{number}: expected four numbers 'x1 y1 x2 y2', "
+                               f"found {line.strip()[:60]!r}")
         rows.append(values)
     if not rows:
-        raise OphregError(f"{path}: no control points")
+        raise DatasetError(f"{path}: no control points")
     points = np.asarray(rows, dtype=np.float64)
     return ControlPoints(moving=points[:, 2:4], fixed=points[:, 0:2])
 
@@ -67,11 +67,11 @@ def discover(root: Path) -> tuple[list[Pair], list[str]]:
     """The pairs of a FIRE folder (sorted by name), and the names of those left out."""
     images, truth = root / IMAGES, root / GROUND_TRUTH
     if not root.is_dir():
-        raise OphregError(f"{root}: no such folder")
+        raise DatasetError(f"{root}: no such folder")
     for folder in (images, truth):
         if not folder.is_dir():
-            raise OphregError(f"{folder}: no such folder (FIRE's layout has '{IMAGES}/' and "
-                              f"'{GROUND_TRUTH}/' side by side)")
+            raise DatasetError(f"{folder}: no such folder (FIRE's layout has '{IMAGES}/' and "
+                               f"'{GROUND_TRUTH}/' side by side)")
     pairs, excluded = [], []
     for truth_file in sorted(truth.iterdir()):
         match = _TRUTH_NAME.fullmatch(truth_file.name)
@@ -80,21 +80,21 @@ def discover(root: Path) -> tuple[list[Pair], list[str]]:
         name = match["pair"]
         category = name[0].upper()
         if category not in CATEGORIES:
-            raise OphregError(f"{truth_file}: pair {name!r} does not start with a FIRE "
-                              f"category ({', '.join(CATEGORIES)})")
+            raise DatasetError(f"{truth_file}: pair {name!r} does not start with a FIRE "
+                               f"category ({', '.join(CATEGORIES)})")
         if name.upper() in EXCLUDED_PAIRS:
             excluded.append(name)
             continue
         fixed, moving = images / f"{name}_1.jpg", images / f"{name}_2.jpg"
         for image in (fixed, moving):
             if not image.is_file():
-                raise OphregError(f"{image}: no such file (an image of pair {name}, whose "
-                                  f"control points are in {truth_file.name})")
+                raise ImageReadError(f"{image}: no such file (an image of pair {name}, "
+                                     f"whose control points are in {truth_file.name})")
         pairs.append(Pair(name=name, group=category, fixed=fixed, moving=moving,
                           truth=read_control_points(truth_file),
                           details={"control_points": str(truth_file)}))
     if not pairs:
-        raise OphregError(f"{truth}: no control_points_<pair>_1_2.txt file to evaluate")
+        raise DatasetError(f"{truth}: no control_points_<pair>_1_2.txt file to evaluate")
     return pairs, excluded
 
 

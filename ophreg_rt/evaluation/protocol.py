@@ -91,6 +91,14 @@ def score(errors: np.ndarray | None) -> PairScore:
                      INACCURATE if inaccurate else ACCEPTABLE)
 
 
+def success_rates(errors: Sequence[float], thresholds: np.ndarray) -> np.ndarray:
+    """Per threshold, the share of ``errors`` strictly below it; ``inf`` (a failed
+    registration) is below none. The one success curve every AUC here and in the benchmarks
+    integrates."""
+    errors = np.asarray(errors, dtype=np.float64)
+    return (errors[None, :] < np.asarray(thresholds)[:, None]).mean(axis=1)
+
+
 def auc(mean_errors: Sequence[float], limit_px: int = AUC_LIMIT_PX) -> float | None:
     """Area under the success-rate curve at thresholds 1..limit_px, in [0, 1].
 
@@ -103,8 +111,7 @@ def auc(mean_errors: Sequence[float], limit_px: int = AUC_LIMIT_PX) -> float | N
     if errors.size == 0:
         return None
     thresholds = np.arange(1, limit_px + 1, dtype=np.float64)
-    success_rates = (errors[None, :] < thresholds[:, None]).mean(axis=1)
-    return float(success_rates.mean())
+    return float(success_rates(errors, thresholds).mean())
 
 
 def mean_auc(aucs: Iterable[float | None]) -> float | None:

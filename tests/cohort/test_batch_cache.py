@@ -16,7 +16,8 @@ from test_batch import (  # noqa: F401 - cohort and local_cluster are fixtures
     same_results,
 )
 
-from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, build_parser, main, registration_config
+from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, build_parser, main
+from ophreg_rt.cli_options import registration_config
 from ophreg_rt.cohort.batch import PairRegistrar, WorkerSpec, group_pairs
 from ophreg_rt.cohort.pairing import Pair, read_pairs
 from ophreg_rt.detection_cache import (

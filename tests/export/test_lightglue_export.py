@@ -25,7 +25,7 @@ from conftest import MODELS_DIR, WEIGHTS_DIR, _missing
 
 from export import lightglue as lg
 from export.common import load_checkpoint, sha256_file
-from ophreg_rt.config import LightGlueSettings
+from export.settings import LightGlueSettings
 from ophreg_rt.contract import (
     LIGHTGLUE_INPUTS,
     LIGHTGLUE_OUTPUTS,
@@ -172,7 +172,7 @@ def test_onnx_matches_torch_on_superpoint_keypoints_of_a_real_pair(session, mode
         assert not feeds[LightGlueIO.MASK[0]].all() and not feeds[LightGlueIO.MASK[1]].all()
     figures = lg.parity(session, model, feeds, f"{REAL_PAIR} {size}")
     assert figures.ok, figures.line()
-    assert figures.num_matches >= MIN_REAL_MATCHES[keep], figures.line()
+    assert figures.counts["matches"] >= MIN_REAL_MATCHES[keep], figures.line()
 
 
 def test_padding_changes_nothing_for_real_keypoints(session, real_features):

@@ -71,7 +71,7 @@ def test_pipeline_equals_superpoint_graph_then_lightglue_graph(sessions, data_di
     figures = pl.agreement(got, pl.two_graph_reference(superpoint, lightglue, image0, image1),
                            f"{sizes}")
     assert figures.ok, figures.line()
-    assert figures.num_matches >= 100, figures.line()
+    assert figures.counts["matches"] >= 100, figures.line()
     # Slots follow the contract: valid first, best score first, padding values after.
     mask = got[PipelineIO.MATCH_MASK][0]
     n = int(mask.sum())

@@ -25,9 +25,10 @@ from benchmarks.known_truth import make_cases, mean_fov_error
 from export.quantize import (PRECISION_INT8_QDQ, agreement, nodes_to_quantize,
                              quantize_superpoint)
 from export.quantize import run as run_quantize
+from export.settings import QuantizationSettings
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.cli import main as cli_main
-from ophreg_rt.config import PreprocessConfig, QuantizationSettings
+from ophreg_rt.config import PreprocessConfig
 from ophreg_rt.contract import SUPERPOINT_OUTPUTS, MetaKey, SuperPointIO
 from ophreg_rt.features import SuperPointRunner
 from ophreg_rt.imageio import read_image, write_image

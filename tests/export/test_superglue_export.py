@@ -31,7 +31,6 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ophreg_rt.config import SinkhornDomain, SuperGlueSettings  # noqa: E402
 from ophreg_rt.contract import (  # noqa: E402
     CONTRACT_VERSION,
     OPSET,
@@ -45,7 +44,10 @@ from ophreg_rt.contract import (  # noqa: E402
 )
 
 from export import superglue as sg  # noqa: E402
+from export.attention import LOG_ZERO, attend, key_mask  # noqa: E402
 from export.common import sha256_state_dict  # noqa: E402
+from export.parity import synthetic_pair  # noqa: E402
+from export.settings import SinkhornDomain, SuperGlueSettings  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -223,19 +225,19 @@ def test_onnx_matches_torch_on_superpoint_keypoints_of_a_real_pair(session, mode
     if keep is None:  # the image with fewer keypoints really is padded
         assert not feeds[SuperGlueIO.MASK[0]].all() or not feeds[SuperGlueIO.MASK[1]].all()
     figures = sg.parity(session, model, feeds, f"{REAL_PAIR} {size}")
-    assert figures.matches_identical, figures.line()
-    assert figures.log_assignment_max_abs_diff <= ORT_TOLERANCE, figures.line()
-    assert figures.num_matches >= MIN_REAL_MATCHES[keep], figures.line()
+    assert figures.exact["matches identical"], figures.line()
+    assert figures.differences["log_assignment"].value <= ORT_TOLERANCE, figures.line()
+    assert figures.counts["matches"] >= MIN_REAL_MATCHES[keep], figures.line()
 
 
 def test_onnx_matches_torch_on_a_synthetic_padded_batch(session, model):
     # Needs no SuperPoint weights; batch of two, different sizes and padding per element.
     feeds = feeds_of([
-        sg.synthetic_pair(96, 80, (640, 480), (640, 480), seed=1, valid0=90, valid1=80),
-        sg.synthetic_pair(96, 80, (512, 512), (768, 576), seed=2, valid0=96, valid1=64)])
+        synthetic_pair(96, 80, (640, 480), (640, 480), seed=1, valid0=90, valid1=80),
+        synthetic_pair(96, 80, (512, 512), (768, 576), seed=2, valid0=96, valid1=64)])
     figures = sg.parity(session, model, feeds, "synthetic batch")
     assert figures.ok, figures.line()
-    assert figures.num_matches >= 40, figures.line()
+    assert figures.counts["matches"] >= 40, figures.line()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def test_onnx_matches_torch_on_a_synthetic_padded_batch(session, model):
 
 @pytest.fixture(scope="module")
 def small_pair():
-    return sg.synthetic_pair(50, 40, (640, 480), (640, 480), seed=3)
+    return synthetic_pair(50, 40, (640, 480), (640, 480), seed=3)
 
 
 @pytest.mark.parametrize("garbage", [False, True], ids=["contract-padding", "garbage-padding"])
@@ -264,12 +266,12 @@ def test_padding_changes_nothing_for_real_keypoints(session, small_pair, garbage
     la = padded[LA]
     rows, cols = list(range(50)) + [64], list(range(40)) + [57]
     np.testing.assert_allclose(la[:, rows][:, :, cols], plain[LA], atol=SAME_GRAPH_TOLERANCE)
-    assert (la[:, 50:64] == sg.LOG_ZERO).all() and (la[:, :, 40:57] == sg.LOG_ZERO).all()
+    assert (la[:, 50:64] == LOG_ZERO).all() and (la[:, :, 40:57] == LOG_ZERO).all()
 
 
 @pytest.mark.parametrize("valid", [(30, 0), (0, 0)], ids=["image1-empty", "both-empty"])
 def test_image_without_keypoints_matches_nothing_and_gives_no_nan(session, model, valid):
-    feeds = sg.synthetic_pair(30, 20, (640, 480), (640, 480), seed=4,
+    feeds = synthetic_pair(30, 20, (640, 480), (640, 480), seed=4,
                               valid0=valid[0], valid1=valid[1])
     assert not feeds[SuperGlueIO.MASK[1]].any()
     for outputs in run_both(session, model, feeds):
@@ -281,8 +283,8 @@ def test_image_without_keypoints_matches_nothing_and_gives_no_nan(session, model
 
 
 def test_batch_of_two_equals_two_single_runs(session):
-    first = sg.synthetic_pair(60, 48, (640, 480), (640, 480), seed=5, valid0=55)
-    second = sg.synthetic_pair(60, 48, (512, 512), (384, 512), seed=6, valid1=40)
+    first = synthetic_pair(60, 48, (640, 480), (640, 480), seed=5, valid0=55)
+    second = synthetic_pair(60, 48, (512, 512), (384, 512), seed=6, valid1=40)
     batched = sg.run_onnx(session, feeds_of([first, second]))
     for index, single in enumerate((first, second)):
         alone = sg.run_onnx(session, single)
@@ -316,12 +318,12 @@ def test_padded_keys_get_exactly_zero_weight_and_a_query_with_no_key_an_empty_me
     torch.manual_seed(0)
     logits, value = torch.randn(2, 4, 5, 7) * 100, torch.randn(2, 4, 7, 3)
     logits[0, :, :, 5:] += 5000.0
-    keys = sg.key_mask(torch.tensor([[True] * 5 + [False] * 2, [False] * 7]))
+    keys = key_mask(torch.tensor([[True] * 5 + [False] * 2, [False] * 7]))
     other_logits, other_value = logits.clone(), value.clone()
     other_logits[0, :, :, 5:] = torch.randn(4, 5, 2) * 100 + 5000.0
     other_value[0, :, 5:] = torch.randn(4, 2, 3) * 1e3
-    got = sg.attend(logits, value, keys)
-    assert torch.equal(got, sg.attend(other_logits, other_value, keys))
+    got = attend(logits, value, keys)
+    assert torch.equal(got, attend(other_logits, other_value, keys))
     torch.testing.assert_close(got[0], logits[0, :, :, :5].softmax(dim=-1) @ value[0, :, :5])
     assert torch.equal(got[1], torch.zeros_like(got[1]))
 
@@ -366,7 +368,7 @@ def test_scaling_sinkhorn_reaches_the_log_space_iterates(spread, padded):
         (log_space - scaling)[relevant ^ (scaling > -50)].abs().max() < 1e-2
     # float32 rounding of potentials as large as the scores: tolerance scales with them.
     assert (log_space - scaling)[relevant].abs().max() < 2e-5 * scores.abs().max()
-    assert torch.equal(log_space == sg.LOG_ZERO, scaling == sg.LOG_ZERO)
+    assert torch.equal(log_space == LOG_ZERO, scaling == LOG_ZERO)
 
 
 def test_scaling_blocks_cover_the_iterations_exactly():

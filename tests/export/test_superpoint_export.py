@@ -27,7 +27,6 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ophreg_rt.config import SuperPointSettings  # noqa: E402
 from ophreg_rt.contract import (  # noqa: E402
     MAX_KEYPOINTS,
     OPSET,
@@ -41,6 +40,7 @@ from ophreg_rt.contract import (  # noqa: E402
 )
 
 from export import superpoint as sp  # noqa: E402
+from export.settings import SuperPointSettings  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -184,15 +184,16 @@ def test_cli_export_records_the_graph_in_the_manifest(graphs, superpoint_weights
 def test_onnxruntime_matches_torch_on_real_fundus_images(sessions, models, fundus, k, size, index):
     image = fundus(index, size)
     [figures] = sp.parity(sessions[k], models[k], image)
-    assert figures.same_keypoints, figures.line()
-    assert figures.padding_exact, figures.line()
-    assert figures.max_score_diff <= ORT_TOLERANCE, figures.line()
-    assert figures.max_descriptor_diff <= ORT_TOLERANCE, figures.line()
-    assert figures.num_onnx > 0
+    assert figures.exact["same keypoints"], figures.line()
+    assert figures.exact["padding exact"], figures.line()
+    assert figures.differences["score"].value <= ORT_TOLERANCE, figures.line()
+    assert figures.differences["descriptor"].value <= ORT_TOLERANCE, figures.line()
+    found = figures.counts["keypoints (onnx)"]
+    assert found > 0
     if k == SMALL_K:
-        assert figures.num_onnx == SMALL_K, "the small slot count should truncate"
+        assert found == SMALL_K, "the small slot count should truncate"
     else:
-        assert figures.num_onnx < k, "the default slot count should leave padded slots"
+        assert found < k, "the default slot count should leave padded slots"
 
 
 def _assert_matches_reference(model, image: np.ndarray) -> int:

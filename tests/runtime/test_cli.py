@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks.known_truth import make_cases
-from conftest import CC0_RETINA, MODELS_DIR
+from conftest import CC0_RETINA, MODELS_DIR, python_output
 from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OUTPUT_FILES, main
 from ophreg_rt.imageio import write_image
 from ophreg_rt.transforms import fitted_from_json, warp_image
@@ -197,3 +197,12 @@ def test_no_mask_keeps_keypoints_the_mask_drops(pair, tmp_path):
         counts[len(flags)] = json.loads(path.read_text())["num_keypoints"]
     # the CC0 photograph has a black surround whose edge the mask removes
     assert all(masked < unmasked for masked, unmasked in zip(counts[0], counts[1]))
+
+
+def test_the_subcommand_modules_import_the_shared_options_not_the_command_line():
+    # cli builds its parser from cohort.cli and evaluation.cli; were they to import cli back,
+    # `python -m ophreg_rt.cli` would run with two copies of it (one as __main__).
+    code = ("import sys\n"
+            "import ophreg_rt.cohort.cli, ophreg_rt.evaluation.cli\n"
+            "print('ophreg_rt.cli' in sys.modules)\n")
+    assert python_output(code) == "False"

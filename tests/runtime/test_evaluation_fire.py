@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CC0_RETINA
+from conftest import CC0_RETINA, one_line_error
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
+from ophreg_rt.errors import DatasetError, ImageReadError
+from ophreg_rt.evaluation import fire
 from ophreg_rt.imageio import read_image, write_image
 
 SIDE = 512  # native size of image 1; also the network input (--size), so the test is fast
@@ -179,14 +181,6 @@ def test_an_existing_report_is_kept_without_force(evaluated, run, capsys):
     assert report.read_bytes() == before
 
 
-def _one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1 and err.startswith("ophreg: error:"), err
-    for fragment in fragments:
-        assert fragment in err, err
-
-
 def _minimal_fire(root):
     (root / "Images").mkdir(parents=True)
     (root / "Ground Truth").mkdir()
@@ -202,25 +196,35 @@ def test_a_folder_without_images_exits_2_naming_it(tmp_path, capsys):
     _minimal_fire(tmp_path)
     shutil.rmtree(tmp_path / "Images")
     assert main(["evaluate", "fire", str(tmp_path)]) == EXIT_USAGE
-    _one_line_error(capsys, str(tmp_path / "Images"), "no such folder")
+    one_line_error(capsys, str(tmp_path / "Images"), "no such folder")
 
 
 def test_a_bad_control_point_line_exits_2_naming_file_and_line(tmp_path, capsys):
     truth = _minimal_fire(tmp_path)
     truth.write_text("10 10 11 11\n20 20 21 21\n30 30 abc 31\n")
     assert main(["evaluate", "fire", str(tmp_path)]) == EXIT_USAGE
-    _one_line_error(capsys, "control_points_S01_1_2.txt:3", "x1 y1 x2 y2")
+    one_line_error(capsys, "control_points_S01_1_2.txt:3", "x1 y1 x2 y2")
 
 
 def test_a_pair_without_its_image_exits_2_naming_the_image(tmp_path, capsys):
     _minimal_fire(tmp_path)
     (tmp_path / "Images" / "S01_2.jpg").unlink()
     assert main(["evaluate", "fire", str(tmp_path)]) == EXIT_USAGE
-    _one_line_error(capsys, "S01_2.jpg", "no such file", "S01")
+    one_line_error(capsys, "S01_2.jpg", "no such file", "S01")
 
 
 def test_a_pair_outside_fires_categories_exits_2(tmp_path, capsys):
     truth = _minimal_fire(tmp_path)
     truth.rename(tmp_path / "Ground Truth" / "control_points_X01_1_2.txt")
     assert main(["evaluate", "fire", str(tmp_path)]) == EXIT_USAGE
-    _one_line_error(capsys, "control_points_X01_1_2.txt", "S, P, A")
+    one_line_error(capsys, "control_points_X01_1_2.txt", "S, P, A")
+
+
+def test_a_refusal_says_whether_the_layout_or_an_image_is_at_fault(tmp_path):
+    _minimal_fire(tmp_path)
+    (tmp_path / "Images" / "S01_2.jpg").unlink()
+    with pytest.raises(ImageReadError):
+        fire.discover(tmp_path)
+    shutil.rmtree(tmp_path / "Images")
+    with pytest.raises(DatasetError):
+        fire.discover(tmp_path)

@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CC0_RETINA
+from conftest import CC0_RETINA, one_line_error
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
+from ophreg_rt.errors import DatasetError, ImageReadError
+from ophreg_rt.evaluation import control_points
 from ophreg_rt.imageio import read_image, write_image
 
 SIDE = 512
@@ -121,14 +123,6 @@ def test_control_point_rows_group_into_pairs_by_src_and_tgt(data_set, tmp_path, 
     assert "images/flat.png -> images/fixed.png" in printed and "failed" in printed
 
 
-def _one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1 and err.startswith("ophreg: error:"), err
-    for fragment in fragments:
-        assert fragment in err, err
-
-
 @pytest.mark.parametrize("lines, fragments", [
     ([AFFINE_HEADER, "images/moving.png,images/fixed.png,1,0,0,0,1,0",
       "images/moving.png,images/fixed.png,1,abc,0,0,1,0"], ["bad.csv:3", "m01", "'abc'"]),
@@ -144,12 +138,25 @@ def test_a_malformed_csv_exits_2_naming_file_and_line(data_set, tmp_path, capsys
     csv_path = data_set / "bad.csv"
     csv_path.write_text("\n".join(lines) + "\n")
     assert _evaluate(csv_path, tmp_path / "report.json") == EXIT_USAGE
-    _one_line_error(capsys, *fragments)
+    one_line_error(capsys, *fragments)
     assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("lines, error", [
+    ([AFFINE_HEADER, "images/moving.png,images/fixed.png,1,abc,0,0,1,0"], DatasetError),
+    (["fixed,moving,a,b", "x,y,1,2"], DatasetError),
+    ([AFFINE_HEADER, "images/absent.png,images/fixed.png,1,0,0,0,1,0"], ImageReadError),
+], ids=["bad-number", "bad-header", "missing-image"])
+def test_a_refusal_says_whether_the_data_set_or_an_image_is_at_fault(data_set, lines, error):
+    csv_path = data_set / "typed.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(error) as caught:
+        control_points.read_pairs(csv_path)
+    assert type(caught.value) is error
 
 
 def test_a_missing_csv_and_a_bad_auc_limit_exit_2(data_set, tmp_path, capsys):
     assert _evaluate(tmp_path / "absent.csv", tmp_path / "r.json") == EXIT_USAGE
-    _one_line_error(capsys, "absent.csv", "no such file")
+    one_line_error(capsys, "absent.csv", "no such file")
     assert _evaluate(tmp_path / "absent.csv", tmp_path / "r.json", "--auc-limit", "0") == EXIT_USAGE
-    _one_line_error(capsys, "--auc-limit 0")
+    one_line_error(capsys, "--auc-limit 0")

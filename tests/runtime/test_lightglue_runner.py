@@ -13,15 +13,16 @@ import pytest
 
 from benchmarks.known_truth import SUCCESS_PX, make_cases, mean_fov_error
 from conftest import CC0_RETINA, MODELS_DIR
+from export.settings import LightGlueSettings
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
-from ophreg_rt.config import LightGlueSettings, MatcherName
+from ophreg_rt.config import MatcherName
 from ophreg_rt.contract import LightGlueIO
 from ophreg_rt.errors import ContractMismatchError
-from ophreg_rt.features import Features
 from ophreg_rt.imageio import write_image
 from ophreg_rt.matching import LightGlueRunner
 from ophreg_rt.model_files import LIGHTGLUE_FILE, default_matcher_graph, default_superpoint
+from ophreg_rt.types import Features
 
 #: The network input of these tests: a quarter of the method's pixels keeps them quick; the
 #: CC0 retina still gives a few hundred keypoints there.

@@ -14,9 +14,9 @@ from benchmarks.known_truth import Case, field_of_view, mean_fov_error
 from conftest import CC0_RETINA
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.config import REFERENCE_SIZE, FeatureName, MaskConfig, MatcherName
-from ophreg_rt.features import Features
 from ophreg_rt.imageio import read_image
 from ophreg_rt.masks import inside, keypoint_mask, select
+from ophreg_rt.types import Features
 
 #: The benchmark's success bar (benchmarks/known_truth.py), px at REFERENCE_SIZE.
 WITHIN_PX = 5.0

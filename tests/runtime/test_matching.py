@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ophreg_rt.config import MnnConfig
-from ophreg_rt.features import Features
 from ophreg_rt.matching import mutual_nearest_neighbours
+from ophreg_rt.types import Features
 
 
 def _features(descriptors):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from benchmarks.known_truth import make_cases, mean_fov_error
-from conftest import CC0_RETINA
+from conftest import CC0_RETINA, python_output
 from ophreg_rt import Registrar, RegistrarConfig
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
 from ophreg_rt.config import FeatureName, MatcherName, SiftConfig
 from ophreg_rt.errors import InvalidConfigError
-from ophreg_rt.features import Features
 from ophreg_rt.imageio import write_image
 from ophreg_rt.sift import ratio_test_matches
+from ophreg_rt.types import Features
 
 #: The runtime's own bar for a known warp (issue 3), stricter than the benchmark's 5 px success.
 WITHIN_PX = 2.0
@@ -41,6 +41,17 @@ def test_sift_recovers_a_known_warp_of_the_cc0_image_without_any_graph(cc0_case,
     assert set(result.models) == {"sift"}
     assert set(result.timings_ms) >= {"preprocess", "sift", "matching", "ransac", "total"}
     assert registrar.warp(cc0_case.moving, result).shape == cc0_case.fixed.shape
+
+
+def test_the_sift_front_end_loads_no_onnxruntime_runner():
+    # SIFT and the ratio test share only the value types with the graph runners; a server
+    # without onnxruntime's session machinery must still run them.
+    code = ("import sys\n"
+            "import ophreg_rt.sift\n"
+            "loaded = {'ophreg_rt.features', 'ophreg_rt.matching', 'ophreg_rt.sessions',\n"
+            "          'onnxruntime'} & set(sys.modules)\n"
+            "print(sorted(loaded))\n")
+    assert python_output(code) == "[]"
 
 
 @pytest.mark.parametrize("matcher", LEARNED_MATCHERS, ids=lambda m: m.value)
