@@ -40,7 +40,6 @@ Run: ``python -m benchmarks.throughput`` (defaults: 2 patients, 5 images an eye,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -64,6 +63,7 @@ from ophreg_rt.cohort.manifest import read_manifest
 from ophreg_rt.cohort.pairing import pair_images
 from ophreg_rt.config import DETECTION_CACHE_IMAGES, Precision, PreprocessConfig, RegistrarConfig
 from ophreg_rt.model_files import default_superpoint
+from ophreg_rt.sessions import sha256_file
 from ophreg_rt.transforms import fitted_from_json, map_points
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def main() -> None:
                     "processor": platform.processor() or platform.machine(),
                     "load_average_before": load_before, "load_average_after": load_after},
         "onnxruntime": onnxruntime.__version__,
-        "superpoint_sha256": {precision.value: _sha256(default_superpoint(precision))
+        "superpoint_sha256": {precision.value: sha256_file(default_superpoint(precision))
                               for precision in (Precision.FP32, Precision.INT8)},
         "cohort": {"patients": args.patients, "eyes": 2 * args.patients,
                    "images_per_eye": args.images_per_eye or "3-6",
@@ -259,10 +259,6 @@ def main() -> None:
     text = table(report)
     args.out.with_suffix(".md").write_text(text + "\n")
     print(text)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def table(report: dict) -> str:

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from .config import DETECTION_CACHE_IMAGES
-from .features import Features
 from .imageio import read_image
-from .registrar import Detections, Registrar, RegistrationResult
+from .registrar import Registrar, RegistrationResult
+from .types import Detections, Features
 
 CacheKey = tuple[str, int, int]
 
