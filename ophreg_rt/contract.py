@@ -308,6 +308,13 @@ class MetaKey:
     NUM_LAYERS = "num_layers"  # transformer layers run; all of them (no adaptive early exit)
     # Pipeline (SuperPoint + matcher in one graph)
     MATCHER = "matcher"
+    # Registration (the whole registration in one graph)
+    TRANSFORM_MODEL = "transform_model"  # the runtime's model the graph fits ("auto")
+    NETWORK_SIZE = "network_size"  # "WIDTHxHEIGHT" the images are resized to
+    PREPROCESS = "preprocess"  # PreprocessMode of the in-graph preprocessing
+    MIN_SIDE = "min_side"  # sides under it are refused (reason code 1)
+    MASK = "mask"  # the parts of the runtime's keypoint mask that are in the graph
+    WEIGHTS_DTYPE = "weights_dtype"  # recorded, not required: float32, or float16 initializers
     # Quantised graphs (recorded, not required: a float graph has none of them)
     PRECISION = "precision"  # "int8-qdq" for export/quantize.py's SuperPoint
     CALIBRATION = "calibration"  # the images, preprocessing and method that set the ranges
@@ -354,6 +361,17 @@ REQUIRED_METADATA: Mapping[str, Mapping[str, type]] = {
         MetaKey.MATCHER: str,
         MetaKey.MAX_KEYPOINTS: int,
         MetaKey.FILTER_THRESHOLD: float,
+    },
+    ModelKind.REGISTRATION: {
+        **_COMMON_KEYS,
+        MetaKey.MATCHER: str,
+        MetaKey.MAX_KEYPOINTS: int,
+        MetaKey.FILTER_THRESHOLD: float,
+        MetaKey.TRANSFORM_MODEL: str,
+        MetaKey.NETWORK_SIZE: str,
+        MetaKey.PREPROCESS: str,
+        MetaKey.MIN_SIDE: int,
+        MetaKey.MASK: str,
     },
 }
 

@@ -20,7 +20,8 @@ _PROVIDERS = {
 }
 
 #: onnxruntime's names for the numpy dtypes the contract uses.
-_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)"}
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)",
+              "uint8": "tensor(uint8)"}
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,34 @@ def python_output(code: str) -> str:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def registration_graph(tmp_path_factory, superpoint_weights) -> Path:
+    """The one-graph registration (``python -m export registration``), exported once per test
+    session from the published checkpoints (several minutes on two cores): the Python tests of
+    export/registration.py and the JavaScript examples' tests run this same file.
+
+    ``OPHREG_REGISTRATION_GRAPH=PATH`` uses a graph exported beforehand instead (to iterate on
+    tests; CI exports it)."""
+    given = os.environ.get("OPHREG_REGISTRATION_GRAPH")
+    if given:
+        if not Path(given).is_file():
+            pytest.fail(f"OPHREG_REGISTRATION_GRAPH={given}: no such file", pytrace=False)
+        return Path(given)
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    lightglue_weights = WEIGHTS_DIR / "superpoint_lightglue.pth"
+    if not lightglue_weights.is_file():
+        _missing(f"LightGlue checkpoint not found at {lightglue_weights}")
+    import torch
+
+    from export import registration
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return registration.export(superpoint_weights, lightglue_weights,
+                                   tmp_path_factory.mktemp("registration") / "registration.onnx")
+    finally:
+        torch.set_num_threads(before)
