@@ -40,9 +40,9 @@ Method.
   real-pair errors moving unevenly with the size, and its verdict is reported beside the
   primary one, not instead of it (the primary verdict uses the engine's seed, 0).
   Sensitivity (added at the same time, for the same reason): fp32 at the reference size
-  +- ``--jitter`` px (8: 1016 and 1032), real pairs only, judged like every configuration but
+  +- ``--jitter`` px (8: 1016 and 1032), both benchmarks, judged like every configuration but
   never offered as a candidate: a change of input that should change nothing shows how far
-  one registration of one pair moves by itself.
+  the measures move by themselves.
 * Known truth (``known_truth.py``, all its CATEGORIES: small, large, angio, curved): the pool
   is ``accuracy.py``'s case set (``make_category_cases`` on ``data/dev/single`` in its order,
   ``--per-image`` 2, ``--seed`` 0) without the INT8 graph's calibration images (DRIVE 21-30,
@@ -151,7 +151,7 @@ class Configuration:
     size: tuple[int, int] | None
     aspect_side: int | None = None
     u8u8: bool = False  # X64_QUANT_PRECISION on (INT8 only)
-    #: A sensitivity check (real pairs only, never a candidate): module docstring.
+    #: A sensitivity check (never a candidate): module docstring.
     sensitivity: bool = False
 
     @property
@@ -167,7 +167,7 @@ class Configuration:
 
     @property
     def known_truth(self) -> bool:
-        return self.size is not None and not self.sensitivity
+        return self.size is not None
 
     def network_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         if self.size is not None:
@@ -533,7 +533,8 @@ def verdicts(runs: dict[str, dict], chosen: list[Configuration], margins: Margin
         if not any(o is not c and _cheaper_or_equal(o, c) and not _cheaper_or_equal(c, o)
                    for o in holding)]
     out["most_accurate"] = sorted(
-        (label for label in by_label if runs[label].get("known_truth")),
+        (label for label, config in by_label.items()
+         if runs[label].get("known_truth") and not config.sensitivity),
         key=lambda label: (-sum(s["successes"] for s in runs[label]["known_truth"].values()),
                            float(np.mean([_value(p["px_1024"]["mean"])
                                           for p in runs[label]["real_pairs"].values()]))))[:3]
@@ -591,7 +592,8 @@ def markdown(document: dict) -> str:
         cells = []
         for name in pairs:
             r = runs[label]["real_pairs"][name]
-            size = "" if runs[label]["square"] else f" [{r['network_size'][0]}x{r['network_size'][1]}]"
+            width, height = r["network_size"]
+            size = "" if runs[label]["square"] else f" [{width}x{height}]"
             ratio = "" if r.get("auto_ratio") is None else f", r {r['auto_ratio']:.2f}"
             cells.append(f"{r['num_keypoints'][0]} / {r['num_keypoints'][1]}, {r['num_matches']},"
                          f" {r['num_inliers']}{ratio}{size}")
@@ -704,7 +706,8 @@ def _sha256(path: Path) -> str:
 
 
 def high_res_sources(points: dict[str, dict]) -> list[Path]:
-    return [entry["fixed"] for entry in points.values() if max(entry["fixed_size"]) > HIGH_RES_ABOVE]
+    return [entry["fixed"] for entry in points.values()
+            if max(entry["fixed_size"]) > HIGH_RES_ABOVE]
 
 
 def _write(document: dict, out: Path) -> None:
@@ -718,8 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-aspect", dest="aspect", action="store_false",
                         help="leave out the aspect-kept configuration")
     parser.add_argument("--jitter", type=int, default=8,
-                        help="sensitivity check: fp32 at the reference size +- this many px, "
-                             "real pairs only (multiple of 8; 0: none; default %(default)s)")
+                        help="sensitivity check: fp32 at the reference size +- this many px "
+                             "(multiple of 8; 0: none; default %(default)s)")
     parser.add_argument("--cases", type=int, default=CASES_PER_CATEGORY,
                         help="known-truth cases per category (default: %(default)s; 0: the "
                              "whole pool)")
@@ -802,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs_done = run is not None and all(
             len(record.get("seed_spread", {}).get("mean_px_1024", [])) == args.real_pair_seeds
             for record in run["real_pairs"].values())
-        truth_done = run is not None and (not config.known_truth or "known_truth" in run)
+        truth_done = not config.known_truth or (run is not None and "known_truth" in run)
         if pairs_done and truth_done:
             continue
         registrars = Registrars(config, args.threads)

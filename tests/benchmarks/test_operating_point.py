@@ -99,18 +99,19 @@ def test_aspect_kept_size_follows_the_fixed_image_in_multiples_of_eight():
     assert op.Configuration(Precision.INT8, (896, 896)).network_size((768, 584)) == (896, 896)
 
 
-def test_sensitivity_configurations_straddle_the_reference_on_real_pairs_only():
+def test_sensitivity_configurations_straddle_the_reference():
     chosen = op.configurations([1024], ["fp32"], aspect=False, jitter=8)
     assert [c.label for c in chosen] == ["fp32 1024x1024", "fp32 1016x1016 (sensitivity)",
                                          "fp32 1032x1032 (sensitivity)"]
-    assert [c.known_truth for c in chosen] == [True, False, False]
+    assert [c.sensitivity for c in chosen] == [False, True, True]
+    assert not op.configurations([1024], ["fp32"], aspect=True)[-1].known_truth
 
 
 def test_verdicts_offer_only_holding_configurations_that_nothing_cheaper_beats():
     same = {"small": (20, 0.2, 0.4)}
     chosen = op.configurations([768, 1024], ["fp32", "int8"], aspect=False, jitter=8)
     runs = {"fp32 1024x1024": _run("fp32 1024x1024", {"a": 0.5}, same),
-            "fp32 1016x1016 (sensitivity)": _run("fp32 1016x1016 (sensitivity)", {"a": 0.5}),
+            "fp32 1016x1016 (sensitivity)": _run("fp32 1016x1016 (sensitivity)", {"a": 0.5}, same),
             "fp32 768x768": _run("fp32 768x768", {"a": 0.55}, same),
             "int8 1024x1024": _run("int8 1024x1024", {"a": 0.52}, same),
             "int8 768x768": _run("int8 768x768", {"a": 0.9}, same)}
@@ -119,6 +120,7 @@ def test_verdicts_offer_only_holding_configurations_that_nothing_cheaper_beats()
     assert verdict["int8_vs_fp32_same_size"]["int8 1024x1024"]["holds"]
     # A sensitivity check is judged but never offered as a candidate.
     assert verdict["vs_reference"]["fp32 1016x1016 (sensitivity)"]["holds"]
+    assert "fp32 1016x1016 (sensitivity)" not in verdict["most_accurate"]
     # fp32 768 and int8 1024 both hold; neither is cheaper in both precision and pixels.
     assert sorted(verdict["undominated_holding"]) == ["fp32 768x768", "int8 1024x1024"]
 
