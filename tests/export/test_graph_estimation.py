@@ -36,18 +36,17 @@ from benchmarks.known_truth import (LARGE_MOTION, SMALL_MOTION, random_affine,  
                                     random_quadratic)
 from export import graph_estimation as ge  # noqa: E402
 from export import graph_warp as gw  # noqa: E402
-from export.common import onnx_session  # noqa: E402
+from export.parity import onnx_session  # noqa: E402
 from ophreg_rt.config import (REFERENCE_SIZE, FeatureName, RegistrarConfig,  # noqa: E402
                               TransformModel)
 from ophreg_rt.contract import (OPSET, QUADRATIC_REFUSALS, REGISTRATION_REASONS,  # noqa: E402
                                 REGISTRATION_STATUS, REGISTRATION_TRANSFORMS)
-from ophreg_rt.features import Features  # noqa: E402
 from ophreg_rt.imageio import read_image  # noqa: E402
-from ophreg_rt.matching import Matches  # noqa: E402
 from ophreg_rt.quadratic import fit_quadratic, loo_residuals, map_quadratic  # noqa: E402
 from ophreg_rt.ransac import fit_transform  # noqa: E402
-from ophreg_rt.registrar import Detections, Registrar, RegistrationResult  # noqa: E402
+from ophreg_rt.registrar import Registrar, RegistrationResult  # noqa: E402
 from ophreg_rt.transforms import _shared_points, apply, map_points, warp_image  # noqa: E402
+from ophreg_rt.types import Detections, Features, Matches  # noqa: E402
 
 pytestmark = pytest.mark.export
 
