@@ -267,7 +267,7 @@ def test_known_truth_cases_agree_with_ophreg_register(graph, data_dir):
                                     result=ours)
             assert figures["agrees"], figures
             assert figures["status"][0] == "ok", figures
-            assert mean_fov_error(ours, case) < SUCCESS_PX, figures
+            assert mean_fov_error(ours.map_points, case) < SUCCESS_PX, figures
 
 
 @pytest.mark.slow
