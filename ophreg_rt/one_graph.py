@@ -29,7 +29,7 @@ import numpy as np
 from .config import REFERENCE_SIZE, Device, QuadraticConfig, TransformModel
 from .contract import (QUADRATIC_REFUSALS, REGISTRATION_INPUTS,
                        REGISTRATION_OUTPUTS, REGISTRATION_REASONS, REGISTRATION_STATUS,
-                       REGISTRATION_TRANSFORMS, MetaKey, ModelKind, RegistrationIO)
+                       REGISTRATION_TRANSFORMS, ModelKind, RegistrationIO)
 from .errors import ImageReadError, OphregError, RegistrationFailedError
 from .imageio import (ImageSource, check_writable, describe, encode_image, read_image,
                       stretch_to_uint8, write_files_atomic)
