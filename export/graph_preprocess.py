@@ -5,11 +5,13 @@ give SuperPoint exactly what ``ophreg_rt.preprocess.network_grey`` gives it, and
 keypoints ``ophreg_rt.masks.keypoint_mask`` drops, without OpenCV. This module writes OpenCV's
 arithmetic out:
 
-* ``cv2.resize``: INTER_AREA (exact rational area sums from integer prefix sums, and the
+* ``cv2.resize``: INTER_AREA (OpenCV's tap table and its float32 sums in its order, and the
   integer-scale fast path with its own rounding), INTER_LINEAR (OpenCV's 11-bit fixed-point
-  coefficients and its truncating vertical pass, bit for bit) and INTER_AREA's bilinear-like
-  variant when one axis grows. Which of them OpenCV would run is decided in-graph from the
-  dynamic image size, so one graph serves every input size.
+  coefficients and its truncating vertical pass) and INTER_AREA's bilinear-like variant when
+  one axis grows; bit for bit equal to OpenCV 5.0 on every dev image and random sizes. Which of
+  them OpenCV would run is decided in-graph from the dynamic image size, so one graph serves
+  every input size (both candidate results are computed and one is selected: torch 2.13's
+  exporter cannot bring torch.cond's subgraphs down to opset 17).
 * ``cv2.createCLAHE(clipLimit, tileGridSize).apply``: tile histograms (as products of one-hot
   matrices: no scatter, so the graph stays within opset 17), clipping with OpenCV's integer
   redistribution and residual stepping, cumulative LUTs rounded as OpenCV rounds them, and the
@@ -24,13 +26,16 @@ arithmetic out:
 
 Everything runs on static canvases (the network size, ``MaskConfig.working_side``,
 ``MaskConfig.fov_side``) with the input-dependent part in index arithmetic and validity masks,
-so the exported graph has no data-dependent shapes. Grey levels are carried as float32 (exact
-integers) except where OpenCV's fixed point needs int32/int64.
+so the exported graph has no data-dependent shapes (only loops whose trip counts depend on the
+data: area taps, the flood fill). Grey levels are carried as float32 (exact integers) except
+where OpenCV's fixed point needs int32/int64. Images come :func:`padded` (a zero row and column
+first), so that every clamped index exists, also in an image with no rows or columns.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -507,6 +512,17 @@ class KeypointMask(nn.Module):
         self.register_buffer("cos", torch.tensor(cos, dtype=torch.float32), persistent=False)
         self.register_buffer("sin", torch.tensor(sin, dtype=torch.float32), persistent=False)
         self.register_buffer("slack", torch.tensor(slack, dtype=torch.float32), persistent=False)
+        # line_length / 2 as an exact ratio of integers (0.15 / 2 = 3 / 40), so that the run
+        # length rounds as the runtime's float64 round (checked equal for every side).
+        ratio = Fraction(str(config.line_length)) / 2
+        self.run_length = (ratio.numerator, ratio.denominator)
+        # The ridge kernel (``masks._straight_lines``) is 3 or 5 px on a working side of at
+        # most working_side; both are computed and the runtime's chosen (a kernel size must be
+        # static in ONNX).
+        widest = max(3, 2 * round(config.line_width * self.working_side / REFERENCE_SIZE / 2) + 1)
+        if widest > 5:
+            raise ValueError(f"line_width {config.line_width} gives ridge kernels over 5 px at "
+                             f"{self.working_side}: only 3 and 5 are built into the graph")
 
     # -- sizes
 
@@ -676,8 +692,8 @@ class KeypointMask(nn.Module):
         half = torch.maximum(thin, shifted)[::2, ::2]
         half_w, half_h = floor_div(work_w + 1, 2), floor_div(work_h + 1, 2)
         # length = max(3, round(line_length * longer / 2)) = round(3 * longer / 40) for 0.15.
-        length = torch.clamp(round_ratio(longer * self._length_numerator(), self._length_denominator()),
-                             min=3)
+        numerator, denominator = self.run_length
+        length = torch.clamp(round_ratio(longer * numerator, denominator), min=3)
         runs = torch.maximum(open_line(half, length, half_h, half_w, dim=1),
                              open_line(half, length, half_h, half_w, dim=0))
         runs = runs * _f32(_valid(side // 2, side // 2, half_h, half_w))
@@ -689,20 +705,6 @@ class KeypointMask(nn.Module):
         cols = floor_div(d * half_w, work_w).minimum(half_w - 1).clamp(min=0)
         full = runs.index_select(0, rows).index_select(1, cols)
         return full * _f32(real)
-
-    def _length_numerator(self) -> int:
-        return self._length_ratio()[0]
-
-    def _length_denominator(self) -> int:
-        return self._length_ratio()[1]
-
-    def _length_ratio(self) -> tuple[int, int]:
-        """line_length / 2 as an exact ratio of integers (0.15 / 2 = 3 / 40), so the run
-        length rounds exactly as the runtime's float64 ``round`` (checked for every side)."""
-        from fractions import Fraction
-
-        ratio = Fraction(str(self.config.line_length)) / 2
-        return ratio.numerator, ratio.denominator
 
     # -- forward
 
