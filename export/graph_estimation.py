@@ -49,7 +49,7 @@ from torch import nn
 
 from ophreg_rt.config import (REFERENCE_SIZE, PlausibilityConfig, QuadraticConfig,
                               RansacConfig, TransformModel)
-from ophreg_rt.contract import (QUADRATIC_REFUSALS, REGISTRATION_OUTPUTS,
+from ophreg_rt.contract import (REGISTRATION_OUTPUTS, QuadraticRefusal,
                                 REGISTRATION_REASONS, REGISTRATION_STATUS,
                                 REGISTRATION_TRANSFORMS, RegistrationIO, TensorSpec)
 # The runtime's own numerical guards: one home each, read here rather than retyped.
@@ -100,18 +100,15 @@ REASON_OUTSIDE = REGISTRATION_REASONS.index(
     "the transform sends the moving image outside the fixed one")
 REASON_COVERAGE = REGISTRATION_REASONS.index(
     "the inliers cover too little of the shared field of view")
-QUADRATIC_TAKEN = 0
-QUADRATIC_FEW_INLIERS = QUADRATIC_REFUSALS.index("too few inliers for a quadratic")
-QUADRATIC_COVERAGE = QUADRATIC_REFUSALS.index(
-    "the inliers cover too little of the shared field of view for a quadratic")
-QUADRATIC_DEPARTURE = QUADRATIC_REFUSALS.index(
-    "the quadratic departs too far from the affine of its inliers")
-QUADRATIC_FOLD = QUADRATIC_REFUSALS.index(
-    "the quadratic folds over inside the shared field of view")
-QUADRATIC_LOCAL = QUADRATIC_REFUSALS.index("implausible local scale or shear of the quadratic")
-QUADRATIC_NO_GAIN = QUADRATIC_REFUSALS.index(
-    "the quadratic does not predict held-out inliers better than the affine")
-QUADRATIC_AFFINE_FAILED = QUADRATIC_REFUSALS.index("the affine failed; no quadratic is grown")
+# Plain ints: they become constants of the traced graph.
+QUADRATIC_TAKEN = int(QuadraticRefusal.TAKEN)
+QUADRATIC_FEW_INLIERS = int(QuadraticRefusal.FEW_INLIERS)
+QUADRATIC_COVERAGE = int(QuadraticRefusal.COVERAGE)
+QUADRATIC_DEPARTURE = int(QuadraticRefusal.DEPARTURE)
+QUADRATIC_FOLD = int(QuadraticRefusal.FOLD)
+QUADRATIC_LOCAL = int(QuadraticRefusal.LOCAL)
+QUADRATIC_NO_GAIN = int(QuadraticRefusal.NO_GAIN)
+QUADRATIC_AFFINE_FAILED = int(QuadraticRefusal.AFFINE_FAILED)
 #: ``quadratic_refusal`` of a module built affine-only (never in the registration graph,
 #: which runs ``auto``): no quadratic was considered.
 QUADRATIC_NOT_ASKED = -1

@@ -15,6 +15,7 @@ per image with a boolean ``mask`` (see DESIGN.md, "Keypoint padding"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Mapping
 
 from .errors import ContractMismatchError
@@ -236,8 +237,21 @@ REGISTRATION_REASONS = (
     "the inliers cover too little of the shared field of view",
 )
 
-#: ``quadratic_refusal`` codes (index = code): why ``auto`` kept the affine, or 0 when the
-#: quadratic was taken.
+class QuadraticRefusal(IntEnum):
+    """``quadratic_refusal`` codes: why ``auto`` kept the affine (TAKEN when it did not).
+    The texts are QUADRATIC_REFUSALS[code]."""
+
+    TAKEN = 0
+    FEW_INLIERS = 1
+    COVERAGE = 2
+    DEPARTURE = 3
+    FOLD = 4
+    LOCAL = 5
+    NO_GAIN = 6
+    AFFINE_FAILED = 7
+
+
+#: The runtime's words for each QuadraticRefusal (index = code).
 QUADRATIC_REFUSALS = (
     None,  # 0: the quadratic was taken
     "too few inliers for a quadratic",

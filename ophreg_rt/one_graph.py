@@ -29,7 +29,7 @@ import numpy as np
 from .config import REFERENCE_SIZE, Device, QuadraticConfig, TransformModel
 from .contract import (QUADRATIC_REFUSALS, REGISTRATION_INPUTS,
                        REGISTRATION_OUTPUTS, REGISTRATION_REASONS, REGISTRATION_STATUS,
-                       REGISTRATION_TRANSFORMS, ModelKind, RegistrationIO)
+                       REGISTRATION_TRANSFORMS, ModelKind, QuadraticRefusal, RegistrationIO)
 from .errors import ImageReadError, OphregError, RegistrationFailedError
 from .imageio import (ImageSource, check_writable, describe, encode_image, read_image,
                       stretch_to_uint8, write_files_atomic)
@@ -101,7 +101,7 @@ class OneGraphResult:
     def model_selection(self) -> dict | None:
         """``auto``'s choice in the runtime's words (``Registrar._grow``), or None when the
         affine failed and no quadratic was considered."""
-        if self.quadratic_refusal == _AFFINE_FAILED:  # the runtime reports no selection
+        if self.quadratic_refusal == QuadraticRefusal.AFFINE_FAILED:  # the runtime reports no selection
             return None
         affine, quadratic = self.loo_rms
         fitted = bool(np.isfinite(affine) and np.isfinite(quadratic))
@@ -112,7 +112,7 @@ class OneGraphResult:
         if refusal is None:
             selection["chosen"] = TransformModel.QUADRATIC.value
             return selection
-        if self.quadratic_refusal == _NO_GAIN and fitted:
+        if self.quadratic_refusal == QuadraticRefusal.NO_GAIN and fitted:
             gain = quadratic / max(affine, 1e-12)
             refusal = (f"the quadratic predicts held-out inliers {gain:.2f} times as far as "
                        f"the affine, not below {QuadraticConfig().auto_gain:g}")
@@ -144,11 +144,6 @@ class OneGraphResult:
             "models": self.models,
             "provider": self.provider,
         }
-
-
-_NO_GAIN = QUADRATIC_REFUSALS.index(
-    "the quadratic does not predict held-out inliers better than the affine")
-_AFFINE_FAILED = QUADRATIC_REFUSALS.index("the affine failed; no quadratic is grown")
 
 
 def as_graph_image(image: np.ndarray, label: str) -> np.ndarray:

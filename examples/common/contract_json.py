@@ -23,7 +23,7 @@ CONTRACT_JSON = HERE / "contract.json"
 
 def contract_document() -> dict:
     # Imported here so that --help works outside the project's environment.
-    from ophreg_rt import contract, one_graph
+    from ophreg_rt import contract
     from ophreg_rt.config import MAX_PIXELS, MAX_THREADS, REFERENCE_SIZE, QuadraticConfig
     from ophreg_rt.quadratic import QUADRATIC_TERMS
     from ophreg_rt.visualize import CHECKER_TILES
@@ -50,9 +50,9 @@ def contract_document() -> dict:
         "transforms": list(contract.REGISTRATION_TRANSFORMS),
         "reasons": list(contract.REGISTRATION_REASONS),
         "quadratic_refusals": list(contract.QUADRATIC_REFUSALS),
-        # The two refusal codes one_graph.py (the reference decoder) treats apart.
-        "quadratic_refusal_codes": {"no_gain": one_graph._NO_GAIN,
-                                    "affine_failed": one_graph._AFFINE_FAILED},
+        # The two refusal codes a decoder treats apart (as one_graph.py does).
+        "quadratic_refusal_codes": {"no_gain": int(contract.QuadraticRefusal.NO_GAIN),
+                                    "affine_failed": int(contract.QuadraticRefusal.AFFINE_FAILED)},
         "quadratic_terms": list(QUADRATIC_TERMS),
         # loo_rms is px at this size in the graph, px of the fixed image in the JSON.
         "reference_size": REFERENCE_SIZE,

@@ -39,8 +39,8 @@ from export import graph_warp as gw  # noqa: E402
 from export.parity import onnx_session  # noqa: E402
 from ophreg_rt.config import (REFERENCE_SIZE, FeatureName, RegistrarConfig,  # noqa: E402
                               TransformModel)
-from ophreg_rt.contract import (OPSET, QUADRATIC_REFUSALS, REGISTRATION_REASONS,  # noqa: E402
-                                REGISTRATION_STATUS, REGISTRATION_TRANSFORMS)
+from ophreg_rt.contract import (OPSET, REGISTRATION_REASONS, REGISTRATION_STATUS,  # noqa: E402
+                                REGISTRATION_TRANSFORMS, QuadraticRefusal)
 from ophreg_rt.imageio import read_image  # noqa: E402
 from ophreg_rt.quadratic import fit_quadratic, loo_residuals, map_quadratic  # noqa: E402
 from ophreg_rt.ransac import fit_transform  # noqa: E402
@@ -155,9 +155,12 @@ _RUNTIME_REASONS = (
     ("implausible", REGISTRATION_REASONS[5]),
 )
 _RUNTIME_QUADRATIC_REFUSALS = (
-    ("of the shared field of view", 2), ("sends the moving image outside", 2),
-    ("do not determine a quadratic", 1), ("a quadratic needs", 1), ("departs", 3),
-    ("folds over", 4), ("implausible local", 5), ("held-out inliers", 6),
+    ("of the shared field of view", QuadraticRefusal.COVERAGE),
+    ("sends the moving image outside", QuadraticRefusal.COVERAGE),
+    ("do not determine a quadratic", QuadraticRefusal.FEW_INLIERS),
+    ("a quadratic needs", QuadraticRefusal.FEW_INLIERS),
+    ("departs", QuadraticRefusal.DEPARTURE), ("folds over", QuadraticRefusal.FOLD),
+    ("implausible local", QuadraticRefusal.LOCAL), ("held-out inliers", QuadraticRefusal.NO_GAIN),
 )
 
 
@@ -167,12 +170,12 @@ def runtime_codes(result: RegistrationResult) -> tuple[int, int, int]:
     if result.reason is not None:
         reason = next(REGISTRATION_REASONS.index(code) for phrase, code in _RUNTIME_REASONS
                       if phrase in result.reason)
-    refusal = QUADRATIC_REFUSALS.index("the affine failed; no quadratic is grown")
+    refusal = QuadraticRefusal.AFFINE_FAILED
     if result.ok:
         why_not = (result.model_selection or {}).get("why_not_quadratic")
-        refusal = 0 if why_not is None else next(
+        refusal = QuadraticRefusal.TAKEN if why_not is None else next(
             code for phrase, code in _RUNTIME_QUADRATIC_REFUSALS if phrase in why_not)
-    return REGISTRATION_STATUS.index(result.status), reason, refusal
+    return REGISTRATION_STATUS.index(result.status), reason, int(refusal)
 
 
 def codes(outputs: dict) -> tuple[int, int, int]:
