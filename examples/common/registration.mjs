@@ -111,6 +111,11 @@ export function imageTensor(ort, { pixels, width, height, channels }, label) {
     throw new UsageError(`${label}: ${channels} channels; the graph takes 1 (grey), 3 (RGB) ` +
                          'or 4 (RGBA)');
   }
+  // As the Python wrapper: the graph's warp cannot take an empty moving image, so an image
+  // without pixels is refused here, before the graph.
+  if (!(width >= 1 && height >= 1)) {
+    throw new UsageError(`${label}: the image has no pixels (${width}x${height})`);
+  }
   if (!(pixels instanceof Uint8Array) || pixels.length !== width * height * channels) {
     throw new UsageError(`${label}: expected ${width}x${height}x${channels} bytes of pixels`);
   }

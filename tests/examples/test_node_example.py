@@ -231,6 +231,27 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_2(node_example, graphs, 
         assert (tmp_path / "warped.png").read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize("width, height, channels, fragment", [
+    (0, 5, 1, "the image has no pixels (0x5)"), (7, 0, 3, "the image has no pixels (7x0)"),
+    (2, 2, 2, "2 channels; the graph takes 1 (grey), 3 (RGB) or 4 (RGBA)"),
+    (2, 2, 3, "expected 2x2x3 bytes of pixels"),
+])
+def test_the_shared_module_refuses_what_the_graph_cannot_take(node_example, width, height,
+                                                              channels, fragment):
+    """registration.mjs's imageTensor, which every embedding calls before the graph (an empty
+    moving image would stop the graph's warp with an onnxruntime error, not a refusal)."""
+    module = (Path(__file__).resolve().parents[2] / "examples" / "common" / "registration.mjs")
+    script = (f"const m = await import({json.dumps(module.as_uri())});"
+              "const ort = { Tensor: class {} };"
+              f"try {{ m.imageTensor(ort, {{ pixels: new Uint8Array({width * height}), "
+              f"width: {width}, height: {height}, channels: {channels} }}, 'moving.png'); "
+              "console.log('accepted'); } catch (e) { console.log(`${e.name}: ${e.message}`); }")
+    completed = subprocess.run([node_example, "--input-type=module", "-e", script],
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"UsageError: moving.png: {fragment}"
+
+
 # --- the real graph -------------------------------------------------------------------------
 
 def _parameters(record: dict) -> np.ndarray:
