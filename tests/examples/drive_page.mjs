@@ -4,8 +4,9 @@
 //   node tests/examples/drive_page.mjs --url URL --chromium PATH --profile DIR
 //        --fixed FILE --moving FILE [--screenshot PNG] [--repeat N] [--timeout-ms MS]
 //
-// Prints one JSON object: state, result, runtime, error, the durations of each run (for the
-// timing figure) and problems (console errors, page exceptions, failed or off-origin requests).
+// Prints one JSON object: state, result, runtime, error, the durations of each run and the
+// page's own timings of each (benchmarks/one_graph_latency.py), and problems (console errors,
+// page exceptions, failed or off-origin requests).
 // Exit code 0 whenever the page was driven, whatever it answered; the caller judges.
 
 import { createRequire } from 'node:module';
@@ -41,7 +42,7 @@ const context = await chromium.launchPersistentContext(args.profile, {
 });
 const problems = [];
 const origin = new URL(args.url).origin;
-const report = { problems, durations_ms: [] };
+const report = { problems, durations_ms: [], timings_ms: [] };
 try {
   const page = context.pages()[0] ?? await context.newPage();
   page.on('console', (message) => {
@@ -68,11 +69,13 @@ try {
     await page.setInputFiles('#moving', args.moving); // both chosen: the page registers
     await settle(['done', 'error']);
     report.durations_ms.push(Date.now() - started);
+    report.timings_ms.push(await page.evaluate(() => window.ophregResult?.timings_ms ?? null));
     for (let i = 1; i < Number(args.repeat); i += 1) {
       const again = Date.now();
       await page.click('#register');
       await settle(['done', 'error']);
       report.durations_ms.push(Date.now() - again);
+      report.timings_ms.push(await page.evaluate(() => window.ophregResult?.timings_ms ?? null));
     }
   }
   Object.assign(report, await page.evaluate(() => ({

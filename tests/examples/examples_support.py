@@ -7,23 +7,21 @@ shadow the suite's own for tests that import from it. The test modules import th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnxruntime
 import pytest
 from conftest import REPO_ROOT
 
+from benchmarks.embeddings import drive_page, page_server  # noqa: F401 (the tests' imports)
 from ophreg_rt import contract, one_graph
 from ophreg_rt.imageio import read_image
 from ophreg_rt.transforms import fitted_from_json, map_points
@@ -32,8 +30,6 @@ EXAMPLES = REPO_ROOT / "examples"
 NODE_EXAMPLE = EXAMPLES / "node"
 WEB_EXAMPLE = EXAMPLES / "web"
 REGISTER_MJS = NODE_EXAMPLE / "register.mjs"
-SERVE_PY = WEB_EXAMPLE / "serve.py"
-DRIVE_PAGE = Path(__file__).resolve().parent / "drive_page.mjs"
 #: Node's oldest release the examples' packages support (sharp 0.34's engines field; Debian 12
 #: ships 18.20).
 MIN_NODE = (18, 17)
@@ -135,47 +131,6 @@ def assert_one_line_error(completed: subprocess.CompletedProcess, *fragments: st
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@contextlib.contextmanager
-def page_server(model: Path) -> Iterator[str]:
-    """examples/web/serve.py on a free port of this machine; yields the page's address."""
-    process = subprocess.Popen(
-        [sys.executable, str(SERVE_PY), "--model", str(model), "--port", "0", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    try:
-        line = process.stdout.readline()
-        match = re.search(r"http://\S+", line)
-        if match is None:
-            process.kill()
-            raise AssertionError(f"serve.py did not start: {line}{process.stderr.read()}")
-        yield match.group(0)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
-
-
-def drive_page(node: str, chromium: str, url: str, fixed: Path, moving: Path, work: Path,
-               screenshot: Path | None = None, repeat: int = 1,
-               timeout_s: float = 900) -> dict:
-    """The page registers FIXED and MOVING in headless Chromium (tests/examples/drive_page.mjs);
-    returns what the page reported (state, result, runtime, stages, problems, durations)."""
-    command = [node, str(DRIVE_PAGE), "--url", url, "--chromium", chromium,
-               "--profile", str(work / "chromium-profile"), "--fixed", str(fixed),
-               "--moving", str(moving), "--repeat", str(repeat),
-               "--timeout-ms", str(int(timeout_s * 1000))]
-    if screenshot is not None:
-        command += ["--screenshot", str(screenshot)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s + 60,
-                               cwd=REPO_ROOT)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout)
 
 
 def keep_artifact(path: Path) -> None:

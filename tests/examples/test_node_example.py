@@ -24,6 +24,7 @@ from examples_support import (DEV_PAIR, SAME_TRANSFORM_PX, assert_one_line_error
                               sha256, transform_gap_px, without_run_fields)
 from mock_graph import FAILED, QUADRATIC, MockAnswer, write_mock_graph
 
+from benchmarks.embeddings import node_graph_times
 from ophreg_rt import contract, one_graph
 from ophreg_rt.config import TransformModel
 from ophreg_rt.imageio import read_image
@@ -250,6 +251,15 @@ def test_the_shared_module_refuses_what_the_graph_cannot_take(node_example, widt
                                capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == f"UsageError: moving.png: {fragment}"
+
+
+def test_the_timing_script_runs_one_session_repeatedly(node_example, graphs, images):
+    """benchmarks/one_graph_node.mjs (the Node way of benchmarks/one_graph_latency.py)."""
+    report = node_graph_times(node_example, graphs["failed"], images["moving_commented_ppm"],
+                              images["moving_grey_pgm"], threads=1, warmup=1, repeat=3)
+    assert report["status"] == "failed"  # the stand-in's answer, decoded by the contract
+    assert len(report["graph_ms"]) == 3 and all(ms > 0 for ms in report["graph_ms"])
+    assert report["load_ms"] > 0 and report["onnxruntime_node"]
 
 
 # --- the real graph -------------------------------------------------------------------------
