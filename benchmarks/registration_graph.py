@@ -11,7 +11,7 @@ Method.
   each category (small, large, angio, curved). Per case and engine: status and the mean error
   over the fixed field of view, px at 1024 (``mean_fov_error``); success below SUCCESS_PX.
   Between the engines: same status, and the largest distance between their transforms over a
-  21 x 21 grid of the shared field, px at 1024 (``export.registration.transform_difference``;
+  21 x 21 grid of the shared field, px at 1024 (``ophreg_rt.transforms.transform_difference``;
   the issue's tolerance is 0.5 px).
 * Real pairs (``real_pairs/control_points.csv``, independent control points, as
   ``real_pairs_precision.py`` scores them): per pair and engine, status, model, and the mean /

@@ -42,6 +42,7 @@ from ophreg_rt.contract import (CONTRACT_VERSION, OPSET, REGISTRATION_INPUTS,
                                 REGISTRATION_OUTPUTS, REGISTRATION_REASONS, REGISTRATION_STATUS,
                                 MetaKey, ModelKind)
 from ophreg_rt.imageio import MIN_SIDE
+from ophreg_rt.transforms import transform_difference
 
 from .common import attach_metadata, check_and_save, sha256_file, update_manifest
 from .graph_preprocess import KeypointMask, NetworkInput, grey_channel, padded, shape_scalar
@@ -345,37 +346,6 @@ def export(superpoint_weights: Path, lightglue_weights: Path, out: Path,
 
 #: Graph vs runtime, px at REFERENCE_SIZE, largest over the shared field (issue 14).
 TRANSFORM_TOLERANCE_PX = 0.5
-#: Points per side of the grid over the moving image on which two transforms are compared.
-COMPARISON_GRID = 21
-
-
-def shared_grid(mapper, fixed_size: tuple[int, int], moving_size: tuple[int, int],
-                points: int = COMPARISON_GRID) -> np.ndarray:
-    """Moving pixels of a ``points`` x ``points`` grid spanning the moving image that
-    ``mapper`` (moving -> fixed) sends inside the fixed image: the shared field."""
-    width, height = moving_size
-    grid_x, grid_y = np.meshgrid(np.linspace(0, width - 1, points),
-                                 np.linspace(0, height - 1, points))
-    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
-    mapped = mapper(grid)
-    inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] <= fixed_size[0] - 1)
-              & (mapped[:, 1] >= 0) & (mapped[:, 1] <= fixed_size[1] - 1))
-    return grid[inside]
-
-
-def transform_difference(graph_mapper, runtime_mapper, fixed_size: tuple[int, int],
-                         moving_size: tuple[int, int]) -> float:
-    """Largest distance between where the two transforms send the shared field's grid, px at
-    REFERENCE_SIZE (of the fixed image's longer side); inf when nothing is shared."""
-    from ophreg_rt.config import REFERENCE_SIZE
-
-    grid = shared_grid(runtime_mapper, fixed_size, moving_size)
-    if not len(grid):
-        return float("inf")
-    distance = np.linalg.norm(graph_mapper(grid) - runtime_mapper(grid), axis=1)
-    return float(distance.max() * REFERENCE_SIZE / max(fixed_size))
-
-
 #: RANSAC seeds of the runtime that the graph's answer may match (see ``agreement``).
 RUNTIME_SEEDS = 64
 

@@ -221,3 +221,33 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     mapped = points @ matrix[:2, :2].T + matrix[:2, 2]
     denominator = points @ matrix[2, :2] + matrix[2, 2]
     return mapped / denominator[:, None]
+
+
+#: Points per side of the grid over the moving image on which two transforms are compared.
+COMPARISON_GRID = 21
+
+
+def shared_grid(mapper, fixed_size: tuple[int, int], moving_size: tuple[int, int],
+                points: int = COMPARISON_GRID) -> np.ndarray:
+    """Moving pixels of a ``points`` x ``points`` grid spanning the moving image that
+    ``mapper`` (moving -> fixed) sends inside the fixed image: the shared field."""
+    width, height = moving_size
+    grid_x, grid_y = np.meshgrid(np.linspace(0, width - 1, points),
+                                 np.linspace(0, height - 1, points))
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+    mapped = mapper(grid)
+    inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] <= fixed_size[0] - 1)
+              & (mapped[:, 1] >= 0) & (mapped[:, 1] <= fixed_size[1] - 1))
+    return grid[inside]
+
+
+def transform_difference(mapper, reference, fixed_size: tuple[int, int],
+                         moving_size: tuple[int, int]) -> float:
+    """Largest distance between where two transforms (moving -> fixed point mappers) send the
+    grid of ``reference``'s shared field, px at REFERENCE_SIZE (of the fixed image's longer
+    side); inf when nothing is shared."""
+    grid = shared_grid(reference, fixed_size, moving_size)
+    if not len(grid):
+        return float("inf")
+    distance = np.linalg.norm(mapper(grid) - reference(grid), axis=1)
+    return float(distance.max() * REFERENCE_SIZE / max(fixed_size))
