@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from .config import MAX_PIXELS, TransformModel
-from .errors import ImageReadError, OphregError, OutputWriteError
+from .errors import ImageReadError, OphregError, OutputWriteError, PatientMismatchError
 from .transforms import fitted_from_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -379,9 +379,9 @@ def _same_patient(fixed_tags, fixed: Path, moving: Path):
         return None
     moving_tags = read_tags(moving)
     if str(fixed_tags.get("PatientID", "")) != str(moving_tags.get("PatientID", "")):
-        raise OphregError(f"{moving}: belongs to another patient than {fixed} (PatientID "
-                          "differs): a warped image is only filed into its own patient's "
-                          "study")
+        raise PatientMismatchError(f"{moving}: belongs to another patient than {fixed} (PatientID "
+                                   "differs): a warped image is only filed into its own "
+                                   "patient's study")
     return moving_tags
 
 

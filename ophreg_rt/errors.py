@@ -66,5 +66,21 @@ class BatchLockedError(OphregError):
     """Another ``ophreg batch`` is writing results into the same output folder."""
 
 
+class BatchFolderError(OphregError):
+    """An ``ophreg batch`` output folder cannot be continued or reported on: its results were
+    computed with other options, a file in it was changed by something else than ophreg, or
+    it holds no results yet."""
+
+
+class EngineError(OphregError):
+    """The batch engine failed: a worker process could not start, or a Ray cluster could not
+    be reached or failed."""
+
+
+class PatientMismatchError(OphregError):
+    """DICOM images of two different patients were given as one pair: a warped image is only
+    filed into its own patient's study."""
+
+
 class InvalidConfigError(OphregError):
     """Options that cannot work together (e.g. SIFT features with a learned matcher)."""

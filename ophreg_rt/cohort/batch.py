@@ -43,7 +43,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..config import DETECTION_CACHE_IMAGES, RegistrarConfig
-from ..errors import BatchLockedError, ModelError, OphregError
+from ..errors import (BatchFolderError, BatchLockedError, EngineError, InvalidConfigError,
+                      ModelError, OphregError)
 from ..ransac import STATUS_ERROR  # a pair that could not be attempted (unreadable image, ...)
 from .pairing import Pair
 
@@ -340,8 +341,8 @@ class ResultsLog:
             if not isinstance(record, dict) or "pair_id" not in record:
                 if end < len(data):  # only the last line can be torn by a crash
                     line = data.count(b"\n", 0, position) + 1
-                    raise OphregError(f"{self.path}: line {line} is not a result; the file was "
-                                      "changed by something else than ophreg (refusing to append)")
+                    raise BatchFolderError(f"{self.path}: line {line} is not a result; the file was "
+                                          "changed by something else than ophreg (refusing to append)")
                 break
             records.append(record)
             good_end = position = end
@@ -458,7 +459,7 @@ def run_batch(pairs: list[Pair], out_dir: Path, spec: WorkerSpec, workers: int,
     # Looked up per call, not bound at import: a test runner (or a caller) may swap sys.stderr.
     progress_stream = sys.stderr if progress_stream is None else progress_stream
     if workers < 1:
-        raise OphregError(f"--workers {workers}: must be at least 1")
+        raise InvalidConfigError(f"--workers {workers}: must be at least 1")
     spec = replace(spec, models=spec.graph_hashes())
     out_dir.mkdir(parents=True, exist_ok=True)
     with _folder_lock(out_dir):
@@ -487,7 +488,7 @@ def run_batch(pairs: list[Pair], out_dir: Path, spec: WorkerSpec, workers: int,
             with contextlib.closing(engine(spec, todo, min(workers, len(todo)))) as results:
                 for record in results:
                     if WORKER_FAILED in record:
-                        raise OphregError(f"a worker could not start: {record[WORKER_FAILED]}")
+                        raise EngineError(f"a worker could not start: {record[WORKER_FAILED]}")
                     record["inputs"] = inputs[record["pair_id"]]
                     log.append(record)
                     done[record["pair_id"]] = record
@@ -555,12 +556,12 @@ def _check_same_options(path: Path, spec: WorkerSpec) -> None:
     try:
         earlier = json.loads(path.read_text())
     except ValueError:
-        raise OphregError(f"{path}: not JSON; it records the options of this folder's results")
+        raise BatchFolderError(f"{path}: not JSON; it records the options of this folder's results")
     if earlier != options:
         changed = _first_difference(earlier, options)
-        raise OphregError(f"{path.parent}: its results were computed with other registration "
-                          f"options ({changed}); rerun with the same options or use another "
-                          "--out-dir")
+        raise BatchFolderError(f"{path.parent}: its results were computed with other registration "
+                              f"options ({changed}); rerun with the same options or use another "
+                              "--out-dir")
 
 
 def _first_difference(earlier, now, prefix: str = "") -> str:

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 
-from ..errors import OphregError
+from ..errors import EngineError, InvalidConfigError
 from .batch import PairRegistrar, WorkerSpec, work_units
 from .pairing import Pair
 
@@ -39,7 +39,7 @@ def _import_ray():
         import ray.exceptions
         from ray.util import ActorPool
     except ImportError:
-        raise OphregError(f"--engine ray needs Ray, which is not installed: "
+        raise InvalidConfigError(f"--engine ray needs Ray, which is not installed: "
                           f"pip install \"ophreg-rt[{EXTRA}]\"") from None
     return ray, ActorPool
 
@@ -71,7 +71,7 @@ def ray_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[di
         try:
             ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise OphregError(f"cannot start or reach a Ray cluster: {exc}") from None
+            raise EngineError(f"cannot start or reach a Ray cluster: {exc}") from None
     threads = spec.config.threads or actor_threads(ray, workers)
     spec = replace(spec, config=replace(spec.config, threads=threads))
     actor_class = ray.remote(num_cpus=threads)(_PairActor)
@@ -84,7 +84,7 @@ def ray_engine(spec: WorkerSpec, pairs: list[Pair], workers: int) -> Iterator[di
             yield from lines
     except ray.exceptions.RayError as exc:  # e.g. a node lost: the finished pairs are kept
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OphregError(f"the Ray cluster failed ({first_line}); run the same command again "
+        raise EngineError(f"the Ray cluster failed ({first_line}); run the same command again "
                           "to resume") from None
     finally:
         for actor in actors:

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from ..config import TransformModel
-from ..errors import InvalidConfigError, OphregError
+from ..errors import BatchFolderError, InvalidConfigError, OphregError, OutputWriteError
 from ..imageio import encode_image, read_image, to_display_rgb, write_bytes_atomic
 from ..ransac import STATUS_ERROR, STATUS_FAILED, STATUS_OK
 from ..transforms import fitted_from_json, warp_image
@@ -128,11 +128,11 @@ def write_outputs(out_dir: Path, report: bool = True, dicom: bool = False,
     results = out_dir / RESULTS_FILE
     if records is None:
         if not results.is_file():
-            raise OphregError(f"{out_dir}: no {RESULTS_FILE} (run `ophreg batch` with "
-                              f"--out-dir {out_dir} first)")
+            raise BatchFolderError(f"{out_dir}: no {RESULTS_FILE} (run `ophreg batch` with "
+                                   f"--out-dir {out_dir} first)")
         records = ResultsLog(results).read()
     if not records:
-        raise OphregError(f"{results}: no results yet")
+        raise BatchFolderError(f"{results}: no results yet")
     options = _read_options(out_dir / OPTIONS_FILE)
     rows, drawn, written = [], 0, 0
     for record in records:
@@ -338,7 +338,7 @@ def _data_uri(picture: np.ndarray) -> str:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
-        raise OphregError("OpenCV could not encode a thumbnail")
+        raise OutputWriteError("OpenCV could not encode a thumbnail")
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 

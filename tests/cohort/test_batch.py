@@ -19,8 +19,11 @@ from conftest import CC0_RETINA, REQUIRE_SHARED
 
 from benchmarks.synthetic_cohort import write_cohort
 from ophreg_rt.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from ophreg_rt.cohort.batch import ResultsLog, threads_per_worker
+from ophreg_rt.cohort.batch import ResultsLog, WorkerSpec, run_batch, threads_per_worker
+from ophreg_rt.cohort.report import write_outputs
+from ophreg_rt.config import RegistrarConfig
 from ophreg_rt.cohort.pairing import pairs_csv, read_pairs
+from ophreg_rt.errors import BatchFolderError, InvalidConfigError
 from ophreg_rt.transforms import apply, fitted_from_json, map_points
 
 #: Small network input, and one intra-op thread in every engine so that the sessions' arithmetic
@@ -144,8 +147,20 @@ def test_a_torn_last_line_is_cut_and_a_changed_file_refused(tmp_path):
     assert [r["pair_id"] for r in log.read()] == ["a"]
     assert log.path.read_bytes() == b'{"pair_id":"a","status":"ok"}\n'
     log.path.write_bytes(b"garbage\n" + log.path.read_bytes())
-    with pytest.raises(Exception, match="line 1 is not a result"):
+    with pytest.raises(BatchFolderError, match="line 1 is not a result"):
         log.read()
+
+
+def test_folder_and_option_errors_have_their_types(tmp_path):
+    """A caller of the library catches what it can act on (all of them are OphregError and
+    exit 2 from the command line)."""
+    with pytest.raises(InvalidConfigError, match="--workers 0: must be at least 1"):
+        run_batch([], tmp_path / "out", WorkerSpec(RegistrarConfig()), workers=0)
+    with pytest.raises(BatchFolderError, match="no results.jsonl"):
+        write_outputs(tmp_path)
+    (tmp_path / "results.jsonl").write_bytes(b"")
+    with pytest.raises(BatchFolderError, match="no results yet"):
+        write_outputs(tmp_path)
 
 
 def test_a_killed_batch_resumes_to_exactly_one_result_per_pair(cohort, tmp_path):

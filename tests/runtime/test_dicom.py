@@ -13,8 +13,8 @@ from conftest import CC0_RETINA, REQUIRE_SHARED
 
 from benchmarks.dicom_cohort import lossless_jpeg, write_dicom
 from ophreg_rt.cli import EXIT_OK, EXIT_USAGE, main
-from ophreg_rt.dicom import INSTALL_HINT, read_dicom
-from ophreg_rt.errors import ImageReadError, ImageTooLargeError
+from ophreg_rt.dicom import INSTALL_HINT, dicom_output_path, read_dicom
+from ophreg_rt.errors import ImageReadError, ImageTooLargeError, PatientMismatchError
 from ophreg_rt.imageio import read_image
 
 try:
@@ -288,6 +288,8 @@ def test_dicom_output_is_refused_before_any_work_when_it_cannot_be_right(dicom_p
                  "--size", "256"]) == EXIT_USAGE
     assert "another patient" in capsys.readouterr().err
     assert not (out / "warped.dcm").exists() and not (out / "warped.png").exists()
+    with pytest.raises(PatientMismatchError, match="belongs to another patient"):
+        dicom_output_path(out, fixed_path, other)
 
 
 def test_dicom_module_is_imported_without_pydicom_until_a_dicom_file_is_met():
