@@ -14,10 +14,8 @@ affine RANSAC, then the quadratic grown from its inliers and from a 6-point RANS
   the convex hull of seed 0's inliers (where the matches constrain the fit; outside it, the
   quadratic extrapolates).
 
-``--final-fit cauchy`` is an experiment, not the runtime: each seed's quadratic is refined on
-*all* matches by iteratively reweighted least squares with Cauchy weights ``1 / (1 + (r /
-s)^2)``, ``s`` half RANSAC's threshold (2 px at 1024), ``CAUCHY_ROUNDS`` rounds from the seed's
-answer, so that a match near the threshold weighs a little instead of all or nothing.
+``--unrefined`` fits as the runtime did before the quadratic's Cauchy refinement
+(``QuadraticConfig.cauchy_rounds = 0``): the comparison that made the refinement the default.
 
 Run: ``python -m benchmarks.seed_spread [--seeds 32]`` (a minute on 2 cores).
 """
@@ -37,16 +35,11 @@ import numpy as np
 from benchmarks.harness import cpu_model, load_average
 from benchmarks.real_pairs_precision import CONTROL_POINTS, load_points
 from ophreg_rt import Registrar
-from ophreg_rt.config import REFERENCE_SIZE, TransformModel
+from ophreg_rt.config import REFERENCE_SIZE, RegistrarConfig, TransformModel
 from ophreg_rt.imageio import read_image
-from ophreg_rt.quadratic import fit_quadratic, map_quadratic
 from ophreg_rt.transforms import shared_grid
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-FINAL_FITS = ("none", "cauchy")
-#: IRLS rounds of the Cauchy experiment; the weights settle within a few (measured: the same
-#: answer from every seed after 10 on the four pairs).
-CAUCHY_ROUNDS = 10
 
 
 def inside_hull(points: np.ndarray, hull_of: np.ndarray) -> np.ndarray:
@@ -56,19 +49,8 @@ def inside_hull(points: np.ndarray, hull_of: np.ndarray) -> np.ndarray:
                      for x, y in points], dtype=bool)
 
 
-def cauchy_refit(coefficients: np.ndarray, src: np.ndarray, dst: np.ndarray, scale: float,
-                 rounds: int = CAUCHY_ROUNDS) -> np.ndarray:
-    """A quadratic's ``(2, 6)`` coefficients refined on all matches (moving ``src`` -> fixed
-    ``dst``, pixels) by IRLS with Cauchy weights of scale ``scale`` px (the experiment of
-    ``--final-fit cauchy``)."""
-    for _ in range(rounds):
-        residuals = np.linalg.norm(map_quadratic(coefficients, src) - dst, axis=1)
-        coefficients = fit_quadratic(src, dst, 1.0 / (1.0 + (residuals / scale) ** 2))
-    return coefficients
-
-
 def pair_spread(registrar: Registrar, entry: dict, seeds: int,
-                model: TransformModel = TransformModel.AUTO, final_fit: str = "none") -> dict:
+                model: TransformModel = TransformModel.AUTO) -> dict:
     fixed, moving = read_image(entry["fixed"]), read_image(entry["moving"])
     detections = registrar.detect([fixed, moving], {})
     matches = registrar.match(*detections)
@@ -86,14 +68,6 @@ def pair_spread(registrar: Registrar, entry: dict, seeds: int,
         return {"seed0_status": reference.status, "seed0_reason": reference.reason}
     to_1024 = REFERENCE_SIZE / max(reference.fixed_size)
     mappers = [result.map_points if result.ok else None for result in results]
-    if final_fit == "cauchy":
-        matched_src = reference.keypoints_moving[reference.matches[:, 1]]
-        matched_dst = reference.keypoints_fixed[reference.matches[:, 0]]
-        scale = registrar.config.ransac.threshold / 2 / to_1024
-        mappers = [None if mapper is None else _quadratic_mapper(cauchy_refit(
-            result.parameters, matched_src, matched_dst, scale))
-            if result.transform is TransformModel.QUADRATIC else mapper
-            for result, mapper in zip(results, mappers)]
     grid = shared_grid(mappers[0], reference.fixed_size, reference.moving_size)
     src_inliers = reference.keypoints_moving[reference.matches[reference.inliers, 1]]
     constrained = grid[inside_hull(grid, src_inliers)]
@@ -124,14 +98,11 @@ def pair_spread(registrar: Registrar, entry: dict, seeds: int,
     }
 
 
-def _quadratic_mapper(coefficients: np.ndarray):
-    return lambda points: map_quadratic(coefficients, points)
-
-
 def markdown(document: dict) -> str:
     lines = ["# RANSAC seed spread on the real pairs", "",
              f"Seeds 0..{document['seeds'] - 1} on the same matches, transform "
-             f"`{document['transform']}`, final fit `{document['final_fit']}`. Control-point error: mean over the pair's points, px at 1024. "
+             f"`{document['transform']}`{' unrefined' if document['unrefined'] else ''}. "
+             "Control-point error: mean over the pair's points, px at 1024. "
              "Difference: largest distance to seed 0's transform, px at 1024, over the shared "
              "field's 21 x 21 grid and over its part inside seed 0's inlier hull.", "",
              "| pair | error seed 0 | min / median / max over seeds | models | inliers "
@@ -156,25 +127,23 @@ def main(argv: list[str] | None = None) -> int:
                         choices=[m.value for m in (TransformModel.AUTO, TransformModel.AFFINE,
                                                    TransformModel.QUADRATIC)],
                         help="the model fitted (default: the runtime's, %(default)s)")
-    parser.add_argument("--final-fit", default="none", choices=FINAL_FITS,
-                        help="cauchy: the experiment of refining each quadratic on all matches "
-                             "(not the runtime)")
+    parser.add_argument("--unrefined", action="store_true",
+                        help="without the quadratic's Cauchy refinement (cauchy_rounds 0)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "seed_spread.json")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds: at least 2")
-    if args.final_fit != "none" and args.transform == TransformModel.AFFINE.value:
-        parser.error("--final-fit cauchy refines quadratics: use it with --transform auto or "
-                     "quadratic")
-    registrar = Registrar()
+    config = RegistrarConfig()
+    if args.unrefined:
+        config = replace(config, quadratic=replace(config.quadratic, cauchy_rounds=0))
+    registrar = Registrar(config)
     model = TransformModel(args.transform)
-    document = {"seeds": args.seeds, "transform": model.value, "final_fit": args.final_fit,
+    document = {"seeds": args.seeds, "transform": model.value, "unrefined": args.unrefined,
                 "machine": {"cpu": cpu_model(), "load": load_average(),
                                                  "python": platform.python_version()},
                 "pairs": {}}
     for name, entry in load_points(CONTROL_POINTS).items():
-        document["pairs"][name] = pair_spread(registrar, entry, args.seeds, model,
-                                              args.final_fit)
+        document["pairs"][name] = pair_spread(registrar, entry, args.seeds, model)
         print(f"{name}: done", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=1) + "\n")

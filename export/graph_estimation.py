@@ -18,7 +18,9 @@ The steps are the runtime's, in its order:
 4. for ``auto``: the quadratic grown from the affine's inliers and from the best minimal
    6-point quadratic of a second constant table (``quadratic.best_quadratic``), both growths
    run as one batch of two; leave-one-out residuals from the hat matrix's diagonal; the
-   quadratic's refusals (``transforms.quadratic_implausibility``) and the ``auto_gain`` choice.
+   quadratic's refusals (``transforms.quadratic_implausibility``) and the ``auto_gain`` choice;
+   a taken quadratic is then refined on all valid matches by Cauchy-reweighted least squares
+   (``quadratic.refined_fit``) and kept refined where it passes the same refusals.
 
 No linear-algebra operator exists in ONNX, so every least-squares fit is a weighted
 Gram-Schmidt QR written out column by column (:class:`LeastSquares`), on Hartley-normalised
@@ -28,7 +30,8 @@ uv, v²); its Q gives the hat matrix's diagonal (the leverages) as the runtime's
 checks) come from their support function in DIRECTIONS fixed directions: the support points
 in angular order are a polygon inscribed in the hull (shoelace area), the support values bound
 one circumscribed to it (distance of a point outside), both the hull as directions get dense.
-The refit and the growth rounds are ``torch.while_loop``s when exporting: one ONNX Loop each.
+The refit, growth and Cauchy rounds are ``torch.while_loop``s when exporting: one ONNX Loop
+each.
 
 Where the graph cannot decide exactly like the runtime: its hypotheses are another sample
 of the same distribution, so where the runtime's own answer depends on its seed (a few
@@ -264,7 +267,10 @@ def quadratic_jacobians(coefficients: torch.Tensor, points: torch.Tensor
 class LeastSquares:
     """Weighted least squares of 2-d targets on a design, for every leading batch index.
 
-    design ``[..., N, P]``, target ``[..., N, 2]``, mask ``[..., N]`` bool (the rows fitted).
+    design ``[..., N, P]``, target ``[..., N, 2]``, mask ``[..., N]`` bool (the rows fitted);
+    root_weights, optional ``[..., N]``: each row of design and target is also multiplied by it,
+    so the fit minimises the squared residuals weighted by its square (``loo_rms`` is then not
+    meaningful: it is for unweighted fits).
     Classical Gram-Schmidt, each column orthogonalised twice against the earlier ones (as
     accurate as Householder for these well-conditioned designs, and one matrix product per
     step instead of one dot product per pair of columns), keeping T = R^-1 alongside Q = D T,
@@ -274,9 +280,13 @@ class LeastSquares:
     the quadratic (p = 6) of the same points.
     """
 
-    def __init__(self, design: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, design: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                 root_weights: torch.Tensor | None = None):
         size = design.shape[-1]
-        weights = mask.to(design.dtype)[..., None]
+        weights = mask.to(design.dtype)
+        if root_weights is not None:
+            weights = weights * root_weights
+        weights = weights[..., None]
         weighted = design * weights
         q = torch.zeros_like(weighted)
         inverse = weighted.new_zeros(weighted.shape[:-2] + (size, size))  # T, upper triangular
@@ -652,11 +662,25 @@ class Estimation(nn.Module):
                                           fixed_size, moving_size)
         refusal = torch.where(ok, refusal, torch.tensor(QUADRATIC_AFFINE_FAILED))
         taken = refusal == QUADRATIC_TAKEN
+        fit_inliers = fit["inliers"]
+        if self.quadratic_config.cauchy_rounds:
+            refined = self._refined_fit(fit, src_n, dst_n, valid, thr2)
+            refined_pixels = quadratic_to_pixels(refined["quadratic"], source, target)
+            refined_matrix = affine_to_pixels(refined["affine"], source, target)
+            # The refinement moved the inliers, so it is kept only where it passes the same
+            # checks; it carries the chosen fit's held-out residuals, so the gain test is the
+            # one the taken fit already passed.
+            kept = taken & (self._quadratic_refusal(refined, refined_pixels, refined_matrix,
+                                                    src, dst, grid, fixed_size, moving_size)
+                            == QUADRATIC_TAKEN)
+            quadratic_pixels = torch.where(kept, refined_pixels, quadratic_pixels)
+            fit_matrix = torch.where(kept, refined_matrix, fit_matrix)
+            fit_inliers = choose(kept, refined["inliers"], fit_inliers)
         loo = torch.where(ok & fit["found"], fit["loo"] * to_reference, nan2)
         return self._outputs(
             ok, reason, taken, torch.where(taken, fit_matrix, matrix),
             torch.where(taken, quadratic_pixels, affine_coefficients), loo, refusal,
-            choose(taken, fit["inliers"], inliers))
+            choose(taken, fit_inliers, inliers))
 
     # ----------------------------------------------------------------------------------------
 
@@ -776,6 +800,33 @@ class Estimation(nn.Module):
         return {"quadratic": pick(coefficients, second), "inliers": pick(final, second),
                 "affine": pick(affine, second), "loo": pick(loo, second),
                 "found": pick(found, second)}
+
+    def _refined_fit(self, fit: dict[str, torch.Tensor], src_n: torch.Tensor,
+                     dst_n: torch.Tensor, valid: torch.Tensor, thr2: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """``quadratic.refined_fit``: ``fit``'s quadratic refined on all valid matches by
+        ``cauchy_rounds`` rounds of least squares with Cauchy weights 1 / (1 + (r / s)^2), r
+        the distance under the previous round's map, s = ``cauchy_scale`` x the threshold; then
+        the inliers of the refined map and the affine of those inliers. ``loo`` and ``found``
+        are ``fit``'s (as the runtime's ``loo_rms``)."""
+        config = self.quadratic_config
+        design = quadratic_design(src_n)
+        # r and s are both scaled by dst_scale in the normalised frame, so (r / s)^2 needs no
+        # pixels: squared normalised error over cauchy_scale² thr2.
+        scale2 = config.cauchy_scale ** 2 * thr2
+
+        def step(coefficients):
+            weights = 1.0 / (1.0 + squared_errors(coefficients, design, dst_n) / scale2)
+            solve = LeastSquares(design, dst_n, valid, torch.sqrt(weights))
+            # the runtime stops at a round it cannot solve; the next rounds would recompute the
+            # same weights and fail again, so keeping the coefficients is the same
+            return (torch.where(solve.full_rank(6), solve.solution(6), coefficients),)
+
+        coefficients, = repeat(config.cauchy_rounds, step, (fit["quadratic"],))
+        inliers = valid & (squared_errors(coefficients, design, dst_n) < thr2)
+        affine = LeastSquares(affine_design(src_n), dst_n, inliers).solution(3)
+        return {"quadratic": coefficients, "inliers": inliers, "affine": affine,
+                "loo": fit["loo"], "found": fit["found"]}
 
     def _minimal_seed(self, design: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                       count: torch.Tensor, slot_of: torch.Tensor, thr2: torch.Tensor

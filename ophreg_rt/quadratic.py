@@ -271,6 +271,38 @@ def grow_quadratic(src: np.ndarray, dst: np.ndarray, seed_inliers: np.ndarray,
     return QuadraticFit(coefficients=coefficients, inliers=inliers, affine=affine, loo_rms=loo)
 
 
+def refine_cauchy(coefficients: np.ndarray, src: np.ndarray, dst: np.ndarray, scale: float,
+                  rounds: int) -> np.ndarray:
+    """``(2, 6)`` coefficients refined on all correspondences (moving ``src`` -> fixed ``dst``,
+    pixels) by ``rounds`` rounds of reweighted least squares with Cauchy weights
+    ``1 / (1 + (r / scale)^2)``, r each point's distance under the previous round's map.
+    Returns the input when a round's points do not determine a quadratic."""
+    src, dst = _as_points(src, dst)
+    for _ in range(rounds):
+        residuals = np.linalg.norm(map_quadratic(coefficients, src) - dst, axis=1)
+        try:
+            coefficients = fit_quadratic(src, dst, 1.0 / (1.0 + (residuals / scale) ** 2))
+        except ValueError:
+            break
+    return coefficients
+
+
+def refined_fit(fit: QuadraticFit, src: np.ndarray, dst: np.ndarray, threshold: float,
+                config: QuadraticConfig) -> QuadraticFit:
+    """``fit`` refined by :func:`refine_cauchy` (``config.cauchy_rounds`` rounds, scale
+    ``config.cauchy_scale`` x ``threshold``), with the inliers it then has (strictly within
+    ``threshold``) and the affine of those inliers; ``loo_rms`` is the chosen fit's."""
+    src, dst = _as_points(src, dst)
+    coefficients = refine_cauchy(fit.coefficients, src, dst, config.cauchy_scale * threshold,
+                                 config.cauchy_rounds)
+    inliers = np.linalg.norm(map_quadratic(coefficients, src) - dst, axis=1) < threshold
+    if inliers.sum() < 3:
+        return fit
+    affine = fit_transform(src[inliers], dst[inliers], TransformModel.AFFINE)
+    return QuadraticFit(coefficients=coefficients, inliers=inliers, affine=affine,
+                        loo_rms=fit.loo_rms)
+
+
 def best_quadratic(src: np.ndarray, dst: np.ndarray, affine_inliers: np.ndarray,
                    threshold: float, config: QuadraticConfig, ransac_config: RansacConfig,
                    rng: np.random.Generator) -> QuadraticFit | None:

@@ -21,7 +21,7 @@ from .model_files import default_matcher_graph, default_superpoint
 from .preprocess import network_grey, network_input, network_to_original
 from .ransac import STATUS_FAILED, STATUS_OK, ransac
 from .sift import SIFT_DESCRIPTION, detect_sift, ratio_test_matches
-from .quadratic import QUADRATIC_TERMS, best_quadratic
+from .quadratic import QUADRATIC_TERMS, best_quadratic, refined_fit
 from .transforms import (implausibility, map_points, quadratic_implausibility, sparse_support,
                          warp_image)
 from .types import Detections, Features, Matches
@@ -303,6 +303,13 @@ class Registrar:
                 refusal = (f"the quadratic predicts held-out inliers {gain:.2f} times as far as "
                            f"the affine, not below {config.auto_gain:g}")
         if refusal is None:
+            if config.cauchy_rounds:
+                refined = refined_fit(fit, src, dst, threshold, config)
+                # Kept only where it passes the same checks (it moved the inliers).
+                if quadratic_implausibility(refined, fixed_size, moving_size,
+                                            self.config.plausibility, config,
+                                            dst[refined.inliers], src[refined.inliers]) is None:
+                    fit = refined
             selection["chosen"] = TransformModel.QUADRATIC.value
             return dict(transform=TransformModel.QUADRATIC, matrix=None,
                         coefficients=fit.coefficients, inliers=fit.inliers,

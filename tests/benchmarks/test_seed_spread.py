@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from benchmarks import seed_spread
-from ophreg_rt.quadratic import fit_quadratic, map_quadratic
 
 
 def test_inside_hull_keeps_the_points_of_the_hull_and_its_edges():
@@ -37,24 +36,3 @@ def test_two_seeds_on_the_real_pairs_write_the_report(tmp_path, data_dir):
         assert 0 <= hull <= field and math.isfinite(field)
         assert sum(row["models"].values()) == 2
     assert "| cf_fa_demo |" in out.with_suffix(".md").read_text()
-
-
-def test_the_cauchy_refit_recovers_a_quadratic_through_gross_outliers():
-    rng = np.random.default_rng(3)
-    truth = np.array([[2e-5, -1e-5, 3e-5, 1.01, 0.02, 5.0], [-1e-5, 2e-5, 1e-5, -0.02, 0.99, -3.0]])
-    src = rng.uniform(0, 1000, (300, 2))
-    dst = map_quadratic(truth, src) + rng.normal(0, 0.3, (300, 2))
-    dst[:60] += rng.uniform(20, 80, (60, 2))  # a fifth of the matches are wrong
-    start = fit_quadratic(src, dst)  # plain least squares, pulled by the outliers
-    refined = seed_spread.cauchy_refit(start, src, dst, scale=2.0)
-    grid = rng.uniform(0, 1000, (100, 2))
-    error = np.linalg.norm(map_quadratic(refined, grid) - map_quadratic(truth, grid), axis=1)
-    start_error = np.linalg.norm(map_quadratic(start, grid) - map_quadratic(truth, grid), axis=1)
-    assert start_error.max() > 10 and error.max() < 0.3
-
-
-def test_the_cauchy_experiment_refuses_the_affine(capsys):
-    with pytest.raises(SystemExit) as stop:
-        seed_spread.main(["--final-fit", "cauchy", "--transform", "affine"])
-    assert stop.value.code == 2
-    assert "--final-fit cauchy refines quadratics" in capsys.readouterr().err

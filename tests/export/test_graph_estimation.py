@@ -5,13 +5,17 @@ Real matches come from the runtime itself (default config) on the four dev pairs
 matches go to the modules, in PyTorch and as exported ONNX graphs in onnxruntime.
 
 Tolerances, and why:
-* The runtime's RANSAC is random: with seeds 0-19 its ``auto`` answer on cf_fa_demo moved by
+* The runtime's RANSAC is random: without the quadratic's Cauchy refinement
+  (``QuadraticConfig.cauchy_rounds`` 0), seeds 0-19 moved its ``auto`` answer on cf_fa_demo by
   up to 10.5 px (at REFERENCE_SIZE) over the shared field, a few inliers near the threshold
-  deciding which quadratic the growth settles on. The graph's constant table is one more
-  draw, so on real pairs it must give an answer the runtime gives: same status and model as
-  seed 0, and within TRANSFORM_PX of the runtime's answer for one of RUNTIME_SEEDS seeds, with
-  at most INLIER_SLOTS inliers different from that answer. On synthetic matches (one clear
-  answer) it must be within TRANSFORM_PX of seed 0 itself.
+  deciding which quadratic the growth settles on. The refinement on all matches takes most of
+  that away (measured, seeds 0-9 on the real pairs: at most 0.20 px apart; the graph within
+  0.003 px of seed 0), but the graph's constant table is still one more draw and the
+  refinement is kept only where it passes the refusals, so on real pairs the graph must give
+  an answer the runtime gives: same status and model as seed 0, and within TRANSFORM_PX of
+  the runtime's answer for one of RUNTIME_SEEDS seeds, with at most INLIER_SLOTS inliers
+  different from that answer. On synthetic matches (one clear answer) it must be within
+  TRANSFORM_PX of seed 0 itself.
 * Given the same inliers, the graph's float32 least squares equal the runtime's float64 ones
   within FIT_PX, and the leave-one-out RMS within LOO_RELATIVE.
 * onnxruntime equals PyTorch: identical codes and inliers, transforms within GRAPH_PX.

@@ -16,7 +16,8 @@ from ophreg_rt.config import PlausibilityConfig, QuadraticConfig
 from ophreg_rt.imageio import read_image
 from ophreg_rt.quadratic import (QuadraticFit, fit_quadratic, grow_quadratic, inverse_map,
                                  jacobian_determinant, loo_residuals, map_quadratic,
-                                 remap_tables)
+                                 refine_cauchy, refined_fit, remap_tables)
+from ophreg_rt.ransac import fit_transform
 from ophreg_rt.transforms import map_points, quadratic_implausibility, warp_image
 
 #: A rotation, a shift and a bend that leaves 2.4 px (at 1024) between it and its best affine.
@@ -227,3 +228,58 @@ def test_auto_falls_back_to_the_affine_and_says_why_when_a_quadratic_is_refused(
                                                         model=TransformModel.QUADRATIC)))
     refused = explicit.register(fixed, moving)
     assert not refused.ok and "inliers" in refused.reason and refused.parameters is None
+
+
+def _bent_matches(rng: np.random.Generator, count: int = 400, outliers: int = 80):
+    src = rng.uniform(0, 1900, (count, 2))
+    dst = map_quadratic(BENT, src) + rng.normal(0, 0.4, (count, 2))
+    dst[:outliers] += rng.uniform(15, 90, (outliers, 2)) * rng.choice([-1, 1], (outliers, 2))
+    return src, dst
+
+
+def test_the_cauchy_refinement_goes_to_the_same_answer_from_different_starts():
+    """Two starts a RANSAC could give (inlier sets differing near the threshold) end on one
+    map: the answer no longer depends on the draw."""
+    rng = np.random.default_rng(5)
+    src, dst = _bent_matches(rng)
+    good = np.arange(len(src)) >= 80
+    starts = [fit_quadratic(src[good][::2], dst[good][::2]),
+              fit_quadratic(src[good][1::2], dst[good][1::2])]
+    grid = rng.uniform(0, 1900, (200, 2))
+    before = np.linalg.norm(map_quadratic(starts[0], grid) - map_quadratic(starts[1], grid), 1)
+    ends = [refine_cauchy(start, src, dst, scale=2.0, rounds=10) for start in starts]
+    after = np.linalg.norm(map_quadratic(ends[0], grid) - map_quadratic(ends[1], grid), axis=1)
+    assert before.max() > 0.05 and after.max() < 0.01 * before.max()
+    truth_error = np.linalg.norm(map_quadratic(ends[0], grid) - map_quadratic(BENT, grid), axis=1)
+    assert truth_error.max() < 0.5  # and it is the right map, outliers notwithstanding
+
+
+def test_zero_rounds_leave_the_fit_unchanged():
+    rng = np.random.default_rng(6)
+    src, dst = _bent_matches(rng)
+    start = fit_quadratic(src[80:], dst[80:])
+    np.testing.assert_array_equal(refine_cauchy(start, src, dst, scale=2.0, rounds=0), start)
+
+
+def test_the_refined_fit_has_the_inliers_and_affine_of_its_own_map():
+    rng = np.random.default_rng(7)
+    src, dst = _bent_matches(rng)
+    fit = grow_quadratic(src, dst, np.arange(len(src)) >= 80, threshold=4.0, rounds=5)
+    refined = refined_fit(fit, src, dst, 4.0, QuadraticConfig())
+    residuals = np.linalg.norm(map_quadratic(refined.coefficients, src) - dst, axis=1)
+    np.testing.assert_array_equal(refined.inliers, residuals < 4.0)
+    assert refined.loo_rms == fit.loo_rms  # auto's choice was made on the unrefined fit
+    np.testing.assert_allclose(refined.affine, fit_transform(
+        src[refined.inliers], dst[refined.inliers], TransformModel.AFFINE))
+
+
+def test_auto_refines_the_quadratic_it_takes_and_can_be_told_not_to(curved_case):
+    from benchmarks.known_truth import Case
+    fixed, moving, truth = curved_case
+    refined = _registrar_with(TransformModel.AUTO).register(fixed, moving)
+    plain_config = RegistrarConfig(quadratic=replace(QuadraticConfig(), cauchy_rounds=0))
+    plain = Registrar(plain_config).register(fixed, moving)
+    assert refined.transform is plain.transform is TransformModel.QUADRATIC
+    assert not np.array_equal(refined.coefficients, plain.coefficients)
+    case = Case("curved", fixed, moving, truth)
+    assert mean_fov_error(refined, case) < 0.5 and mean_fov_error(plain, case) < 0.5
