@@ -8,6 +8,7 @@ percentiles, milliseconds, the same session options) whichever script measured i
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -115,3 +116,10 @@ def cpu_model() -> str:
 def load_average() -> list[float]:
     """1-, 5- and 15-minute load: a benchmark on a busy machine says so in its report."""
     return list(os.getloadavg())
+
+
+def write_report(out: Path, document: dict, text: str) -> None:
+    """The JSON results at ``out`` and their readable table beside it (``.md``), folders made."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    out.with_suffix(".md").write_text(text)

@@ -49,7 +49,8 @@ import numpy as np
 import onnxruntime
 
 from benchmarks.embeddings import drive_page, node_graph_times, page_server
-from benchmarks.harness import cpu_flags, cpu_model, load_average, session, summarise
+from benchmarks.harness import (cpu_flags, cpu_model, load_average, session, summarise,
+                                write_report)
 from benchmarks.real_pairs_precision import CONTROL_POINTS, load_points
 from ophreg_rt import Registrar
 from ophreg_rt.config import RegistrarConfig
@@ -250,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.threads or (os.cpu_count() or 1), work)}
     document["machine"]["load_after"] = load_average()
     document["summary"] = summary(document["pairs"], ways)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(document))
+    write_report(args.out, document, markdown(document))
     print(markdown(document))
     return 0
 

@@ -26,7 +26,6 @@ Run: ``.venv/bin/python -m benchmarks.registration_graph [--graph PATH] [--per-i
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from benchmarks.harness import write_report
 from benchmarks.known_truth import CATEGORIES, SUCCESS_PX, make_category_cases, mean_fov_error
 from benchmarks.real_pairs_precision import CONTROL_POINTS, load_points
 from export.registration import TRANSFORM_TOLERANCE_PX, agreement
@@ -193,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_names": [p.name for p in paths], "seed": args.seed,
         "summary": summary(rows), "known_truth": rows, "real_pairs": pairs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(document))
+    write_report(args.out, document, markdown(document))
     print(markdown(document))
     return 0
 

@@ -23,7 +23,6 @@ Run: ``python -m benchmarks.seed_spread [--seeds 32]`` (a minute on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from dataclasses import replace
@@ -32,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.harness import cpu_model, load_average
+from benchmarks.harness import cpu_model, load_average, write_report
 from benchmarks.real_pairs_precision import CONTROL_POINTS, load_points
 from ophreg_rt import Registrar
 from ophreg_rt.config import REFERENCE_SIZE, RegistrarConfig, TransformModel
@@ -145,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in load_points(CONTROL_POINTS).items():
         document["pairs"][name] = pair_spread(registrar, entry, args.seeds, model)
         print(f"{name}: done", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(document))
+    write_report(args.out, document, markdown(document))
     print(markdown(document))
     return 0
 
