@@ -244,7 +244,9 @@ def test_dev_pairs_agree_with_ophreg_register(graph, data_dir, name):
     # same matches.
     assert figures["num_keypoints"][0] == figures["num_keypoints"][1], figures
     assert figures["num_matches"][0] == figures["num_matches"][1], figures
-    assert figures["agrees"], figures
+    # The runtime's refined quadratic does not depend on its RANSAC seed, so the graph is held
+    # to seed 0's answer itself (measured 0.000-0.161 px at 1024).
+    assert figures["max_px"] <= reg.TRANSFORM_TOLERANCE_PX, figures
     # The in-graph warp against the runtime's warp_image of the graph's own transform
     # (cv2.remap / warpAffine): measured within 1 grey level everywhere, >= 99.98 % equal.
     expected = warp_image(moving, ours.parameters, ours.transform, ours.fixed_size)
@@ -265,7 +267,7 @@ def test_known_truth_cases_agree_with_ophreg_register(graph, data_dir):
             ours = graph.register(case.fixed, case.moving)
             figures = reg.agreement(graph, case.fixed, case.moving, runtime, case.name,
                                     result=ours)
-            assert figures["agrees"], figures
+            assert figures["max_px"] <= reg.TRANSFORM_TOLERANCE_PX, figures  # seed 0's
             assert figures["status"][0] == "ok", figures
             assert mean_fov_error(ours.map_points, case) < SUCCESS_PX, figures
 
