@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -97,3 +98,18 @@ def update_manifest(graph_path: str | Path, model: str, source_checkpoint: str,
     manifest["graphs"] = sorted(entries, key=lambda e: e["file"])
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest_path
+
+
+#: The published checkpoints, where the project keeps them (``../shared/weights``, README there).
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """``--superpoint-weights`` and ``--lightglue-weights``, for the exporters that build
+    SuperPoint and LightGlue into one graph (pipeline, registration)."""
+    parser.add_argument("--superpoint-weights", type=Path,
+                        default=SHARED_WEIGHTS / "superpoint_v1.pth",
+                        help="default: ../shared/weights/superpoint_v1.pth")
+    parser.add_argument("--lightglue-weights", type=Path,
+                        default=SHARED_WEIGHTS / "superpoint_lightglue.pth",
+                        help="default: ../shared/weights/superpoint_lightglue.pth")

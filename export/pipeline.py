@@ -40,6 +40,7 @@ from ophreg_rt.contract import (
 )
 
 from .common import (
+    add_checkpoint_options,
     attach_metadata,
     check_and_save,
     sha256_file,
@@ -227,15 +228,10 @@ def agreement(pipeline: dict[str, np.ndarray], reference: dict[str, np.ndarray],
 # CLI
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_WEIGHTS = _REPO_ROOT.parent / "shared" / "weights"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--superpoint-weights", type=Path, default=_WEIGHTS / "superpoint_v1.pth",
-                        help="default: ../shared/weights/superpoint_v1.pth")
-    parser.add_argument("--lightglue-weights", type=Path,
-                        default=_WEIGHTS / "superpoint_lightglue.pth",
-                        help="default: ../shared/weights/superpoint_lightglue.pth")
+    add_checkpoint_options(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"graph to write (default: {DEFAULT_OUT} in the current folder)")
     parser.add_argument("--superpoint-graph", type=Path,

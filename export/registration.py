@@ -44,7 +44,8 @@ from ophreg_rt.contract import (CONTRACT_VERSION, OPSET, REGISTRATION_INPUTS,
 from ophreg_rt.imageio import MIN_SIDE
 from ophreg_rt.transforms import transform_difference
 
-from .common import attach_metadata, check_and_save, sha256_file, update_manifest
+from .common import (add_checkpoint_options, attach_metadata, check_and_save, sha256_file,
+                     update_manifest)
 from .graph_preprocess import KeypointMask, NetworkInput, grey_channel, padded, shape_scalar
 from .lightglue import LightGlue, load_lightglue
 from .onnx_io import export_with_dynamo, strip_trace_metadata
@@ -415,16 +416,11 @@ def agreement(graph, fixed: np.ndarray, moving: np.ndarray, runtime=None, label:
 # CLI
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_WEIGHTS = _REPO_ROOT.parent / "shared" / "weights"
 _PARITY_IMAGE = _REPO_ROOT / "tests" / "fixtures" / "skimage_retina.jpg"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--superpoint-weights", type=Path, default=_WEIGHTS / "superpoint_v1.pth",
-                        help="default: ../shared/weights/superpoint_v1.pth")
-    parser.add_argument("--lightglue-weights", type=Path,
-                        default=_WEIGHTS / "superpoint_lightglue.pth",
-                        help="default: ../shared/weights/superpoint_lightglue.pth")
+    add_checkpoint_options(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"graph to write (default: {DEFAULT_OUT})")
     parser.add_argument("--weights-dtype", choices=WEIGHT_DTYPES, default="float32",

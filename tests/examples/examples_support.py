@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -131,6 +132,16 @@ def assert_one_line_error(completed: subprocess.CompletedProcess, *fragments: st
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli_register(fixed: Path, moving: Path, work: Path) -> dict:
+    """``ophreg register FIXED MOVING --json``'s record (the reference both examples meet)."""
+    cli_json = work / "cli.json"
+    cli = subprocess.run([sys.executable, "-m", "ophreg_rt.cli", "register", str(fixed),
+                          str(moving), "--json", str(cli_json)], capture_output=True, text=True,
+                         timeout=900)
+    assert cli.returncode == 0, cli.stderr
+    return json.loads(cli_json.read_text())
 
 
 def keep_artifact(path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ import pytest
 from conftest import CC0_RETINA
 # Fixtures (node, node_example) are imported for pytest to find them here.
 from examples_support import (DEV_PAIR, SAME_TRANSFORM_PX, assert_one_line_error,  # noqa: F401
+                              cli_register,
                               node, node_example, python_reference, run_register,
                               sha256, transform_gap_px, without_run_fields)
 from mock_graph import FAILED, QUADRATIC, MockAnswer, write_mock_graph
@@ -296,12 +296,7 @@ def test_on_a_dev_pair_it_equals_the_python_side(node_example, registration_grap
     assert warped.shape == python.warped.shape
     assert np.abs(warped.astype(int) - python.warped).max() <= 1
     # ... and the Python CLI's registration of the pair within the 0.5 px at 1024.
-    cli_json = tmp_path / "cli.json"
-    cli = subprocess.run([sys.executable, "-m", "ophreg_rt.cli", "register", str(fixed_path),
-                          str(moving_path), "--json", str(cli_json)], capture_output=True,
-                         text=True, timeout=900)
-    assert cli.returncode == 0, cli.stderr
-    cli_record = json.loads(cli_json.read_text())
+    cli_record = cli_register(fixed_path, moving_path, tmp_path)
     assert set(record) == set(cli_record)
     assert record["status"] == cli_record["status"] == "ok"
     gap = transform_gap_px(record, cli_record)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 from email.message import Message
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import CC0_RETINA
 # Fixtures are imported for pytest to find them here.
-from examples_support import (DEV_PAIR, SAME_TRANSFORM_PX, chromium, drive_page,  # noqa: F401
-                              keep_artifact, node, page_server, python_reference,
+from examples_support import (DEV_PAIR, SAME_TRANSFORM_PX, chromium, cli_register,  # noqa: F401
+                              drive_page, keep_artifact, node, page_server, python_reference,
                               sha256, transform_gap_px, web_example, without_run_fields)
 from mock_graph import MockAnswer, write_mock_graph
 
@@ -148,12 +146,7 @@ def test_the_page_registers_a_dev_pair_like_the_python_cli(web_example, chromium
     for key in ("status", "transform", "fixed_size", "moving_size", "num_keypoints"):
         assert result[key] == reference[key], key
     assert transform_gap_px(result, reference) <= 0.05  # measured 0.0003 px
-    cli_json = tmp_path / "cli.json"
-    cli = subprocess.run([sys.executable, "-m", "ophreg_rt.cli", "register", str(fixed),
-                          str(moving), "--json", str(cli_json)], capture_output=True, text=True,
-                         timeout=900)
-    assert cli.returncode == 0, cli.stderr
-    cli_record = json.loads(cli_json.read_text())
+    cli_record = cli_register(fixed, moving, tmp_path)
     assert set(result) == set(cli_record)
     assert result["status"] == cli_record["status"] == "ok"
     gap = transform_gap_px(result, cli_record)
